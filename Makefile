@@ -1,0 +1,42 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+# Each creates .venv if missing and installs what it needs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-test
+BENCH_STAMP := $(VENV)/.installed-bench
+
+.PHONY: demo test lint typecheck pytest bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[test,dev]'
+	touch $(STAMP)
+
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install -q -e '.[test,dev,bench]'
+	touch $(BENCH_STAMP)
+
+demo: $(STAMP)
+	$(PY) examples/pubsub.py --duration 5
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check greentask tests examples benchmarks
+	$(VENV)/bin/ruff format --check greentask tests examples benchmarks
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy --strict greentask
+
+pytest: $(STAMP)
+	$(PY) -m pytest -q --cov=greentask --cov-branch --cov-report=term --cov-fail-under=90
+
+test: lint typecheck pytest
+
+bench: $(BENCH_STAMP)
+	$(PY) benchmarks/run.py $(if $(FULL),--full,)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

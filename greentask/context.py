@@ -1,0 +1,593 @@
+"""Context: cancellation, deadlines, values and a clock, shared across greenlets.
+
+A port of Go's ``context.Context`` to gevent.
+
+Design
+------
+A `Context` is a thin handle: a parent (for value lookup), a clock, an optional
+key/value pair and a *cancel state* (`_State`). Contexts made by `with_value` share
+their parent's state, so they cost nothing to keep and never need cancelling; contexts
+made by `with_cancel` / `with_deadline` own a fresh state registered as a child of the
+parent's state. Contexts from `background` / `without_cancel` have no state: they are
+never cancelled.
+
+Cancelling a state walks its subtree iteratively (no recursion limit), sets ``err`` /
+``cause`` on every descendant at once (so ``ctx.cancelled`` is true everywhere as soon
+as ``cancel`` returns), unregisters the state from its parent (a long-lived parent never
+accumulates cancelled children) and releases deadline timers. Everything that *waits*
+on a state (greenlets in `Context.wait`, `Context.cancellable` blocks, `on_cancel`
+functions, ``gevent.wait`` links) is a callback in the state's dict, keyed by the waiter
+itself, so a killed waiter removes itself in O(1) (killing N greenlets parked on one
+shared ``Event`` is quadratic, see SPEC §8). The callbacks run in the hub, once, in
+registration order, in a single loop callback scheduled by the canceller; a waiter that
+left in the meantime is skipped. Cancelling N waiters is O(N), with no kill involved.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Hashable
+from typing import Any, Protocol
+
+import gevent
+from gevent import getcurrent
+from gevent.hub import Waiter, get_hub
+from greenlet import GreenletExit
+
+from ._clock import REAL_CLOCK, Clock, MonotonicClock, TimerHandle
+
+__all__ = [
+    "CancelFunc",
+    "Cancelled",
+    "Clock",
+    "Context",
+    "DeadlineExceeded",
+    "MonotonicClock",
+    "TimerHandle",
+    "background",
+    "with_cancel",
+    "with_deadline",
+    "with_timeout",
+    "with_value",
+    "without_cancel",
+]
+
+logger = logging.getLogger("greentask")
+
+
+class Cancelled(GreenletExit):
+    """The error of a cancelled context, and what `Context.cancellable` raises.
+
+    A `BaseException` (through gevent's ``GreenletExit``), like ``trio.Cancelled`` and
+    ``asyncio.CancelledError``, so ``except Exception`` does not swallow it.
+    """
+
+
+class DeadlineExceeded(Cancelled):
+    """The error of a context whose deadline passed."""
+
+
+class CancelFunc(Protocol):
+    """The ``cancel(cause=None)`` function returned with a cancellable context."""
+
+    def __call__(self, cause: BaseException | None = None) -> None:
+        """Cancel the context and its descendants (idempotent)."""
+
+
+_NO_KEY: Any = object()
+
+
+def _run_callbacks(states: list[_State]) -> None:
+    """Run (in the hub) the callbacks of freshly cancelled states, each at most once."""
+    for state in states:
+        callbacks = state.callbacks
+        if not callbacks:
+            continue
+        for key, callback in list(callbacks.items()):
+            # A waiter that left before we got here has removed its entry: skip it.
+            if callbacks.pop(key, None) is None:
+                continue
+            try:
+                callback()
+            except Exception:
+                logger.exception("greentask: a context cancellation callback failed")
+
+
+class _State:
+    """The cancellation state shared by a cancellable context and its value children."""
+
+    __slots__ = (
+        "__weakref__",
+        "callbacks",
+        "cause",
+        "children",
+        "deadline",
+        "err",
+        "hook",
+        "parent",
+        "timer",
+    )
+
+    def __init__(self, parent: _State | None, deadline: float | None) -> None:
+        self.err: Cancelled | None = None
+        self.cause: BaseException | None = None
+        self.deadline = deadline
+        self.parent = parent
+        self.children: set[_State] | None = None
+        self.callbacks: dict[Hashable, Callable[[], Any]] | None = None
+        self.timer: TimerHandle | None = None
+        # A synchronous hook run by whichever greenlet cancels (the manager uses it).
+        self.hook: Callable[[], None] | None = None
+
+    def cancel(self, cause: BaseException | None = None) -> None:
+        """Cancel with ``Cancelled``; ``cause`` becomes ``ctx.cause`` (idempotent)."""
+        if self.err is not None:
+            return
+        if cause is not None and not isinstance(cause, BaseException):
+            msg = f"cause must be an exception or None, got {cause!r}"
+            raise TypeError(msg)
+        self.cancel_with(Cancelled("context cancelled"), cause)
+
+    def expire(self) -> None:
+        """Deadline timer callback: cancel with ``DeadlineExceeded``."""
+        self.timer = None
+        if self.err is None:
+            self.cancel_with(DeadlineExceeded("context deadline exceeded"), None)
+
+    def attach(self, parent: _State) -> None:
+        """Register as a child of ``parent`` (or inherit its cancellation)."""
+        if parent.err is not None:
+            self.err = parent.err
+            self.cause = parent.cause
+            self.parent = None
+            return
+        children = parent.children
+        if children is None:
+            children = parent.children = set()
+        children.add(self)
+
+    def cancel_with(self, err: Cancelled, cause: BaseException | None) -> None:
+        if self.err is not None:
+            return
+        if cause is None:
+            cause = err
+        parent = self.parent
+        if parent is not None:
+            if parent.children is not None:
+                parent.children.discard(self)
+            self.parent = None
+        to_notify: list[_State] = []
+        hooks: list[Callable[[], None]] = []
+        stack = [self]
+        while stack:
+            state = stack.pop()
+            state.err = err
+            state.cause = cause
+            state.parent = None
+            timer = state.timer
+            if timer is not None:
+                state.timer = None
+                timer.cancel()
+            if state.hook is not None:
+                hooks.append(state.hook)
+                state.hook = None
+            if state.callbacks:
+                to_notify.append(state)
+            children = state.children
+            if children:
+                state.children = None
+                stack.extend(children)
+        for hook in hooks:
+            try:
+                hook()
+            except Exception:
+                logger.exception("greentask: a cancellation hook failed")
+        if to_notify:
+            hub = get_hub()
+            if getcurrent() is hub:
+                _run_callbacks(to_notify)
+            else:
+                hub.loop.run_callback(_run_callbacks, to_notify)
+
+    def add_callback(self, key: Hashable, callback: Callable[[], Any]) -> None:
+        callbacks = self.callbacks
+        if callbacks is None:
+            callbacks = self.callbacks = {}
+        callbacks[key] = callback
+
+    def remove_callback(self, key: Hashable) -> bool:
+        callbacks = self.callbacks
+        return callbacks is not None and callbacks.pop(key, None) is not None
+
+
+def _check_seconds(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        msg = f"{name} must be a number of seconds, got {value!r}"
+        raise TypeError(msg)
+    if math.isnan(value) or value < 0:
+        msg = f"{name} must be a non-negative number of seconds, got {value!r}"
+        raise ValueError(msg)
+    return float(value)
+
+
+def _check_context(name: str, value: object) -> Context:
+    if not isinstance(value, Context):
+        msg = f"{name} must be a greentask Context, got {value!r}"
+        raise TypeError(msg)
+    return value
+
+
+def _check_clock(clock: object) -> Clock:
+    if not (callable(getattr(clock, "now", None)) and callable(getattr(clock, "call_at", None))):
+        msg = f"clock must provide now() and call_at(when, callback, *args), got {clock!r}"
+        raise TypeError(msg)
+    return clock  # type: ignore[return-value]
+
+
+def _call_logged(fn: Callable[[], object]) -> None:
+    try:
+        fn()
+    except Exception:
+        logger.exception("greentask: on_cancel function %r failed", fn)
+
+
+class _AfterFunc:
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[], object]) -> None:
+        self.fn = fn
+
+    def fire(self) -> None:
+        gevent.spawn(_call_logged, self.fn)
+
+
+class CancelScope:
+    """The block returned by `Context.cancellable`; see there.
+
+    ``cancelled_caught`` tells, after the block, whether it was interrupted by its
+    context's cancellation.
+    """
+
+    __slots__ = ("_active", "_ctx", "_greenlet", "_thrown", "cancelled_caught")
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+        self._greenlet: Any = None
+        self._active = False
+        self._thrown: BaseException | None = None
+        self.cancelled_caught = False
+
+    def __enter__(self) -> CancelScope:
+        if self._greenlet is not None:
+            msg = "each cancellable() block can only be entered once"
+            raise RuntimeError(msg)
+        self._greenlet = getcurrent()
+        self._active = True
+        state = self._ctx._state
+        if state is not None:
+            if state.err is not None:
+                get_hub().loop.run_callback(self._deliver)
+            else:
+                state.add_callback(self, self._deliver)
+        return self
+
+    def _deliver(self) -> None:
+        # Runs in the hub, so the greenlet is parked at a blocking call.
+        greenlet = self._greenlet
+        state = self._ctx._state
+        if not self._active or greenlet.dead or state is None or state.err is None:
+            return
+        err = state.err
+        exc = type(err)(*err.args)
+        self._thrown = exc
+        greenlet.throw(exc)
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> bool:
+        self._active = False
+        state = self._ctx._state
+        if state is not None:
+            state.remove_callback(self)
+        if exc is not None and exc is self._thrown:
+            self.cancelled_caught = True
+            return True
+        return False
+
+
+class Context:
+    """Carries cancellation, a deadline, values and a clock across greenlets.
+
+    Make one with `background`, then derive children with `with_cancel`,
+    `with_timeout`, `with_deadline`, `with_value` or `without_cancel`. Safe to share
+    between greenlets of one hub.
+
+    Cancellation is cooperative: check `cancelled`, block in `wait`, sleep with
+    `sleep`, or call `check`. Inside ``with ctx.cancellable():`` it is pre-emptive.
+    A context also works with ``gevent.wait([ctx, event, ...])`` / ``gevent.iwait``:
+    it is ready once cancelled.
+    """
+
+    __slots__ = ("__weakref__", "_clock", "_key", "_parent", "_state", "_value")
+
+    def __init__(
+        self,
+        parent: Context | None,
+        state: _State | None,
+        clock: Clock,
+        key: Any = _NO_KEY,
+        value: Any = None,
+    ) -> None:
+        self._parent = parent
+        self._state = state
+        self._clock = clock
+        self._key = key
+        self._value = value
+
+    # -- state ----------------------------------------------------------------
+
+    @property
+    def cancelled(self) -> bool:
+        """True once this context was cancelled (directly, by a parent or a deadline)."""
+        state = self._state
+        return state is not None and state.err is not None
+
+    @property
+    def err(self) -> Cancelled | None:
+        """``Cancelled`` (or ``DeadlineExceeded``) once cancelled, else None."""
+        state = self._state
+        return None if state is None else state.err
+
+    @property
+    def cause(self) -> BaseException | None:
+        """The ``cause`` given to ``cancel``, else `err`; a parent's when cancelled through it."""
+        state = self._state
+        return None if state is None else state.cause
+
+    @property
+    def deadline(self) -> float | None:
+        """The time (on `clock`) at which this context is cancelled, or None."""
+        state = self._state
+        return None if state is None else state.deadline
+
+    @property
+    def clock(self) -> Clock:
+        """The clock all durations of this context are measured on."""
+        return self._clock
+
+    def value(self, key: Hashable, default: Any = None) -> Any:
+        """Return the value stored under ``key`` by `with_value` here or in a parent."""
+        ctx: Context | None = self
+        while ctx is not None:
+            ctx_key = ctx._key
+            if ctx_key is not _NO_KEY and (ctx_key is key or ctx_key == key):
+                return ctx._value
+            ctx = ctx._parent
+        return default
+
+    # -- waiting --------------------------------------------------------------
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block this greenlet until cancelled or ``timeout`` seconds (clock time) pass.
+
+        Args:
+            timeout: seconds to wait at most; None waits for cancellation only.
+
+        Returns:
+            `cancelled` (True if woken by cancellation).
+        """
+        state = self._state
+        if state is not None and state.err is not None:
+            return True
+        if timeout is not None:
+            timeout = _check_seconds("timeout", timeout)
+            if timeout == 0:
+                return False
+        self._block(timeout)
+        return state is not None and state.err is not None
+
+    def sleep(self, seconds: float) -> bool:
+        """Sleep ``seconds`` on the context clock, or less if cancelled.
+
+        Returns:
+            True if the full time passed, False if cancellation woke it first (or the
+            context was already cancelled).
+        """
+        seconds = _check_seconds("seconds", seconds)
+        state = self._state
+        if state is not None and state.err is not None:
+            return False
+        if seconds == 0:
+            gevent.sleep(0)
+        else:
+            self._block(seconds)
+        return state is None or state.err is None
+
+    def _block(self, timeout: float | None) -> None:
+        waiter: Any = Waiter()
+        state = self._state
+        if state is not None:
+            state.add_callback(waiter, waiter.switch_args)
+        timer = None
+        if timeout is not None:
+            clock = self._clock
+            timer = clock.call_at(clock.now() + timeout, waiter.switch_args)
+        try:
+            waiter.get()
+        finally:
+            if state is not None:
+                state.remove_callback(waiter)
+            if timer is not None:
+                timer.cancel()
+
+    def check(self) -> None:
+        """Raise `err` if cancelled (a checkpoint); return otherwise."""
+        state = self._state
+        if state is not None and state.err is not None:
+            raise state.err.with_traceback(None)
+
+    def on_cancel(self, fn: Callable[[], object]) -> Callable[[], bool]:
+        """Run ``fn()`` once, in its own greenlet, when this context is cancelled.
+
+        If it already is, ``fn`` starts soon. Errors ``fn`` raises are logged to the
+        ``greentask`` logger. (Go's ``context.AfterFunc``.)
+
+        Returns:
+            ``stop()``: unregisters ``fn``; returns True if that prevented it from
+            being started.
+        """
+        if not callable(fn):
+            msg = f"fn must be callable, got {fn!r}"
+            raise TypeError(msg)
+        entry = _AfterFunc(fn)
+        state = self._state
+        if state is None:
+            return _stopped
+        if state.err is not None:
+            entry.fire()
+            return _stopped
+
+        def stop() -> bool:
+            return state.remove_callback(entry)
+
+        state.add_callback(entry, entry.fire)
+        return stop
+
+    def cancellable(self) -> CancelScope:
+        """A block in which this context's cancellation interrupts the greenlet.
+
+        While the current greenlet is inside ``with ctx.cancellable():``, cancellation
+        raises `Cancelled` into it at once, interrupting any blocking gevent call. When
+        that exception leaves the block it is swallowed and execution continues after
+        the ``with`` (``scope.cancelled_caught`` is then True). If the context is
+        already cancelled on entry, the first blocking call raises. Nested blocks on
+        different contexts each catch only their own cancellation; after the block is
+        left a late cancellation no longer reaches the greenlet.
+
+        Example::
+
+            with ctx.cancellable():
+                data = sock.recv(1024)   # interrupted by cancellation
+        """
+        return CancelScope(self)
+
+    # -- gevent.wait / gevent.iwait protocol -----------------------------------
+
+    def rawlink(self, callback: Callable[[Any], Any]) -> None:
+        """Call ``callback(self)`` in the hub once cancelled (gevent's wait protocol)."""
+        if not callable(callback):
+            msg = f"callback must be callable, got {callback!r}"
+            raise TypeError(msg)
+        state = self._state
+        if state is None:
+            return
+        if state.err is not None:
+            get_hub().loop.run_callback(callback, self)
+            return
+        state.add_callback(("link", callback, self), lambda: callback(self))
+
+    def unlink(self, callback: Callable[[Any], Any]) -> None:
+        """Remove a callback added with `rawlink`."""
+        state = self._state
+        if state is not None:
+            state.remove_callback(("link", callback, self))
+
+    def ready(self) -> bool:
+        """Same as `cancelled` (gevent's naming)."""
+        return self.cancelled
+
+    def __repr__(self) -> str:
+        if self._state is None:
+            status = "never cancelled"
+        elif self._state.err is not None:
+            status = f"cancelled: {self._state.err!r}"
+        else:
+            status = "active"
+        extra = f" deadline={self.deadline:.3f}" if self.deadline is not None else ""
+        return f"<Context {status}{extra}>"
+
+
+def _stopped() -> bool:
+    return False
+
+
+def background(clock: Clock | None = None) -> Context:
+    """Return a root context that is never cancelled.
+
+    Args:
+        clock: where time is read and timers armed; defaults to the real clock
+            (``time.monotonic()``, timers on gevent's loop). Pass a
+            `greentask.testing.FakeClock` in tests.
+    """
+    return Context(None, None, REAL_CLOCK if clock is None else _check_clock(clock))
+
+
+def with_cancel(parent: Context) -> tuple[Context, CancelFunc]:
+    """Return a child of ``parent`` and a ``cancel(cause=None)`` function.
+
+    Cancelling the parent cancels the child; cancelling the child never touches the
+    parent. A child of a cancelled parent is born cancelled. Call ``cancel`` when done
+    with the child (like Go): a cancelled child is no longer referenced by its parent.
+    """
+    _check_context("parent", parent)
+    parent_state = parent._state
+    state = _State(parent_state, None if parent_state is None else parent_state.deadline)
+    if parent_state is not None:
+        state.attach(parent_state)
+    return Context(parent, state, parent._clock), state.cancel
+
+
+def with_deadline(parent: Context, when: float) -> tuple[Context, CancelFunc]:
+    """Like `with_cancel`, and also cancelled with `DeadlineExceeded` at ``when``.
+
+    ``when`` is a time on the parent's clock. The earlier of the parent's deadline and
+    ``when`` wins. Calling ``cancel`` releases the timer.
+    """
+    _check_context("parent", parent)
+    if isinstance(when, bool) or not isinstance(when, int | float) or math.isnan(when):
+        msg = f"when must be a clock time in seconds, got {when!r}"
+        raise TypeError(msg)
+    clock = parent._clock
+    parent_state = parent._state
+    parent_deadline = None if parent_state is None else parent_state.deadline
+    own = parent_deadline is None or when < parent_deadline
+    state = _State(parent_state, float(when) if own else parent_deadline)
+    ctx = Context(parent, state, clock)
+    if parent_state is not None:
+        state.attach(parent_state)
+    if state.err is None and own:
+        if clock.now() >= when:
+            state.expire()
+        else:
+            state.timer = clock.call_at(when, state.expire)
+    return ctx, state.cancel
+
+
+def with_timeout(parent: Context, seconds: float) -> tuple[Context, CancelFunc]:
+    """`with_deadline` at ``parent.clock.now() + seconds``."""
+    _check_context("parent", parent)
+    seconds = _check_seconds("seconds", seconds)
+    return with_deadline(parent, parent._clock.now() + seconds)
+
+
+def with_value(parent: Context, key: Hashable, value: Any) -> Context:
+    """Return a child of ``parent`` carrying ``value`` under ``key``.
+
+    It shares the parent's cancellation and clock; `Context.value` walks up the
+    parents. Keys are compared with ``==``; use a private object to avoid clashes.
+    """
+    _check_context("parent", parent)
+    if key is None:
+        msg = "key cannot be None"
+        raise TypeError(msg)
+    try:
+        hash(key)
+    except TypeError:
+        msg = f"key must be hashable, got {key!r}"
+        raise TypeError(msg) from None
+    return Context(parent, parent._state, parent._clock, key, value)
+
+
+def without_cancel(parent: Context) -> Context:
+    """Return a child with ``parent``'s values and clock that is never cancelled."""
+    _check_context("parent", parent)
+    return Context(parent, None, parent._clock)

@@ -1,0 +1,13 @@
+"""Provided tasks: wrappers for the common shapes of work, servers and child processes.
+
+- `Repeatable`: run an execute again and again until cancelled.
+- `RepeatTimer`: run an execute every ``interval`` seconds, on a drift-free grid.
+- `Interruptible`: restart a task (cleanup, initialize, execute) on an OS signal.
+- `ForceStop`: kill an execute that ignores cancellation after ``timeout`` seconds.
+- `Server`: run a gevent ``StreamServer`` / ``WSGIServer``.
+- `Subprocess`: run an OS process.
+- `HealthServer`: HTTP liveness/readiness/status probes for a `TaskManager`.
+- `Backoff`: exponential backoff with jitter, for `Repeatable`.
+"""
+
+__all__: list[str] = []
