@@ -33,6 +33,7 @@ from .manager import ExecuteTaskType as ExecuteTaskType
 from .manager import Task as Task
 from .manager import TaskManager as TaskManager
 from .manager import TaskType as TaskType
+from .runner import run as run
 
 __version__ = "0.1.0"
 
@@ -58,6 +59,7 @@ __all__ = [
     "UnexpectedStop",
     "background",
     "errors_to_group",
+    "run",
     "with_cancel",
     "with_deadline",
     "with_timeout",

@@ -40,14 +40,24 @@ class Clock(Protocol):
         """Run ``callback(*args)`` in the hub once ``now() >= when``."""
 
 
+def _nothing(*args: Any) -> None:
+    """The callback of a timer that fired or was cancelled (drops the real one)."""
+
+
 class _LoopTimer:
-    """A one-shot gevent loop timer that never fires before its monotonic deadline."""
+    """A one-shot gevent loop timer that never fires before its monotonic deadline.
+
+    libev reads its own cached clock, which can run a little behind
+    ``time.monotonic()``: a timer that wakes early is re-armed for the rest. Once it
+    fired or was cancelled it lets go of the callback and its arguments, so a handle
+    kept by someone does not keep (say) a whole context tree alive.
+    """
 
     __slots__ = ("_args", "_callback", "_watcher", "_when")
 
     def __init__(self, when: float, callback: Callable[..., Any], args: tuple[Any, ...]) -> None:
         self._when = when
-        self._callback = callback
+        self._callback: Callable[..., Any] = callback
         self._args = args
         self._watcher: Any = None
         self._arm()
@@ -64,12 +74,16 @@ class _LoopTimer:
             self._arm()
             return
         self._watcher = None
-        self._callback(*self._args)
+        callback, args = self._callback, self._args
+        self._callback, self._args = _nothing, ()
+        callback(*args)
 
     def cancel(self) -> None:
+        """Stop the timer (idempotent; no effect once it has fired)."""
         watcher = self._watcher
         if watcher is not None:
             self._watcher = None
+            self._callback, self._args = _nothing, ()
             watcher.close()
 
 

@@ -122,11 +122,11 @@ class _State:
 
     def cancel(self, cause: BaseException | None = None) -> None:
         """Cancel with ``Cancelled``; ``cause`` becomes ``ctx.cause`` (idempotent)."""
+        if cause is not None and not isinstance(cause, BaseException):
+            msg = f"cause must be an exception instance or None, got {cause!r}"
+            raise TypeError(msg)
         if self.err is not None:
             return
-        if cause is not None and not isinstance(cause, BaseException):
-            msg = f"cause must be an exception or None, got {cause!r}"
-            raise TypeError(msg)
         self.cancel_with(Cancelled("context cancelled"), cause)
 
     def expire(self) -> None:
@@ -154,8 +154,13 @@ class _State:
             cause = err
         parent = self.parent
         if parent is not None:
-            if parent.children is not None:
-                parent.children.discard(self)
+            siblings = parent.children
+            if siblings is not None:
+                siblings.discard(self)
+                if not siblings:
+                    # Drop the emptied set: a set never shrinks, so a burst of children
+                    # would otherwise keep its table alive as long as the parent.
+                    parent.children = None
             self.parent = None
         to_notify: list[_State] = []
         hooks: list[Callable[[], None]] = []
@@ -198,7 +203,11 @@ class _State:
 
     def remove_callback(self, key: Hashable) -> bool:
         callbacks = self.callbacks
-        return callbacks is not None and callbacks.pop(key, None) is not None
+        if callbacks is None or callbacks.pop(key, None) is None:
+            return False
+        if not callbacks:
+            self.callbacks = None  # a dict never shrinks; let a burst of waiters go
+        return True
 
 
 def _check_seconds(name: str, value: object) -> float:
@@ -211,6 +220,17 @@ def _check_seconds(name: str, value: object) -> float:
     return float(value)
 
 
+def _check_key(key: object) -> None:
+    if key is None:
+        msg = "key must not be None"
+        raise TypeError(msg)
+    try:
+        hash(key)
+    except TypeError:
+        msg = f"key must be hashable, got {key!r}"
+        raise TypeError(msg) from None
+
+
 def _check_context(name: str, value: object) -> Context:
     if not isinstance(value, Context):
         msg = f"{name} must be a greentask Context, got {value!r}"
@@ -219,8 +239,11 @@ def _check_context(name: str, value: object) -> Context:
 
 
 def _check_clock(clock: object) -> Clock:
-    if not (callable(getattr(clock, "now", None)) and callable(getattr(clock, "call_at", None))):
-        msg = f"clock must provide now() and call_at(when, callback, *args), got {clock!r}"
+    # A class (``background(FakeClock)``) has callable ``now``/``call_at`` too: reject it.
+    if isinstance(clock, type) or not (
+        callable(getattr(clock, "now", None)) and callable(getattr(clock, "call_at", None))
+    ):
+        msg = f"clock must be an object with now() and call_at(when, callback, *args), got {clock!r}"
         raise TypeError(msg)
     return clock  # type: ignore[return-value]
 
@@ -288,7 +311,10 @@ class CancelScope:
         state = self._ctx._state
         if state is not None:
             state.remove_callback(self)
-        if exc is not None and exc is self._thrown:
+        # Swallow the Cancelled this block threw in, and ``ctx.check()``'s (the context's
+        # own ``err``): both mean "this block's context was cancelled". Anything else,
+        # including another context's cancellation or a kill, propagates.
+        if exc is not None and (exc is self._thrown or (state is not None and exc is state.err)):
             self.cancelled_caught = True
             return True
         return False
@@ -355,7 +381,19 @@ class Context:
         return self._clock
 
     def value(self, key: Hashable, default: Any = None) -> Any:
-        """Return the value stored under ``key`` by `with_value` here or in a parent."""
+        """Return the value stored under ``key`` by `with_value` here or in a parent.
+
+        The nearest one wins (a child's `with_value` shadows a parent's). Lookup walks
+        through every kind of child, including `with_cancel` and `without_cancel`.
+
+        Args:
+            key: the key given to `with_value` (compared with ``==``).
+            default: returned when no context on the way up has ``key``.
+
+        Raises:
+            TypeError: ``key`` is None or unhashable (it could never have been stored).
+        """
+        _check_key(key)
         ctx: Context | None = self
         while ctx is not None:
             ctx_key = ctx._key
@@ -375,13 +413,13 @@ class Context:
         Returns:
             `cancelled` (True if woken by cancellation).
         """
+        if timeout is not None:
+            timeout = _check_seconds("timeout", timeout)
         state = self._state
         if state is not None and state.err is not None:
             return True
-        if timeout is not None:
-            timeout = _check_seconds("timeout", timeout)
-            if timeout == 0:
-                return False
+        if timeout == 0:
+            return False
         self._block(timeout)
         return state is not None and state.err is not None
 
@@ -480,10 +518,10 @@ class Context:
         state = self._state
         if state is None:
             return
-        if state.err is not None:
-            get_hub().loop.run_callback(callback, self)
-            return
         state.add_callback(("link", callback, self), lambda: callback(self))
+        if state.err is not None:
+            # Already cancelled: call it soon, from the dict, so `unlink` can still stop it.
+            get_hub().loop.run_callback(_run_callbacks, [state])
 
     def unlink(self, callback: Callable[[Any], Any]) -> None:
         """Remove a callback added with `rawlink`."""
@@ -543,9 +581,12 @@ def with_deadline(parent: Context, when: float) -> tuple[Context, CancelFunc]:
     ``when`` wins. Calling ``cancel`` releases the timer.
     """
     _check_context("parent", parent)
-    if isinstance(when, bool) or not isinstance(when, int | float) or math.isnan(when):
+    if isinstance(when, bool) or not isinstance(when, int | float):
         msg = f"when must be a clock time in seconds, got {when!r}"
         raise TypeError(msg)
+    if math.isnan(when):
+        msg = f"when must be a clock time in seconds, not NaN, got {when!r}"
+        raise ValueError(msg)
     clock = parent._clock
     parent_state = parent._state
     parent_deadline = None if parent_state is None else parent_state.deadline
@@ -576,14 +617,7 @@ def with_value(parent: Context, key: Hashable, value: Any) -> Context:
     parents. Keys are compared with ``==``; use a private object to avoid clashes.
     """
     _check_context("parent", parent)
-    if key is None:
-        msg = "key cannot be None"
-        raise TypeError(msg)
-    try:
-        hash(key)
-    except TypeError:
-        msg = f"key must be hashable, got {key!r}"
-        raise TypeError(msg) from None
+    _check_key(key)
     return Context(parent, parent._state, parent._clock, key, value)
 
 

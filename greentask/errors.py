@@ -110,6 +110,31 @@ class NamedError:
     task_type: TaskType | None = None
     execute_task_type: ExecuteTaskType | None = None
 
+    def __post_init__(self) -> None:
+        from .manager import ExecuteTaskType, TaskType  # here: manager imports this module
+
+        if not isinstance(self.task_name, str):
+            msg = f"task_name must be a string, got {self.task_name!r}"
+            raise TypeError(msg)
+        if not isinstance(self.stage, Stage):
+            msg = f"stage must be a Stage, got {self.stage!r}"
+            raise TypeError(msg)
+        if not isinstance(self.error, BaseException):
+            msg = f"error must be an exception, got {self.error!r}"
+            raise TypeError(msg)
+        if self.task_type is not None and not isinstance(self.task_type, TaskType):
+            msg = f"task_type must be a TaskType or None, got {self.task_type!r}"
+            raise TypeError(msg)
+        if self.execute_task_type is not None and not isinstance(self.execute_task_type, ExecuteTaskType):
+            msg = f"execute_task_type must be an ExecuteTaskType or None, got {self.execute_task_type!r}"
+            raise TypeError(msg)
+        if (self.task_type is None) == (self.execute_task_type is None):
+            msg = (
+                "exactly one of task_type and execute_task_type must be set, "
+                f"got task_type={self.task_type!r}, execute_task_type={self.execute_task_type!r}"
+            )
+            raise ValueError(msg)
+
     def __str__(self) -> str:
         return f"{self.stage.value}: task {self.task_name!r}: {self.error!r}"
 
@@ -189,10 +214,13 @@ def errors_to_group(errors: Iterable[NamedError]) -> BaseExceptionGroup[BaseExce
         if (group := gt.errors_to_group(errors)) is not None:
             raise group
     """
+    if isinstance(errors, NamedError | BaseException | str | bytes) or not isinstance(errors, Iterable):
+        msg = f"errors must be an iterable of NamedError, got {errors!r}"
+        raise TypeError(msg)
     items = list(errors)
     for item in items:
         if not isinstance(item, NamedError):
-            msg = f"errors must hold NamedError objects, got {type(item).__name__}"
+            msg = f"errors must hold NamedError objects only, got {item!r}"
             raise TypeError(msg)
     if not items:
         return None

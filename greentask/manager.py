@@ -289,6 +289,9 @@ class TaskManager:
         self._name = _check_name(name)
         self._subscribers: list[Callable[[ManagerEvent], object]] = []
         if on_event is not None:
+            if not callable(on_event):
+                msg = f"on_event must be callable or None, got {on_event!r}"
+                raise TypeError(msg)
             self.subscribe(on_event)
 
         self._phase = _Phase.NEW
@@ -302,6 +305,7 @@ class TaskManager:
         self._errors: list[NamedError] = []
         self._fatal: BaseException | None = None  # KeyboardInterrupt / SystemExit to re-raise
         self._stop_reason: StopReason | None = None
+        self._stop_stage = Stage.EXECUTE  # the stage of a "policy" stop reason's error, for the log
         self._ctx: Context | None = None
         self._cancel: CancelFunc | None = None
         self._group = Group()
@@ -468,8 +472,11 @@ class TaskManager:
                 self._wait_for_cancellation(run_ctx)
                 self._join_executes()
             else:
+                # The failed initialize triggers the shutdown, like a failed execute would.
                 self._queued.clear()
-                self._cancel_run(None, None)
+                failed = initialized[-1]
+                self._stop_stage = Stage.INITIALIZE
+                self._cancel_run(StopReason("policy", failed.name, failed.error), failed.error)
             # 4. Clean up in reverse order, with a context that is never cancelled.
             self._phase = _Phase.CLEANING_UP
             self._cleanup_all(initialized, without_cancel(run_ctx))
@@ -516,9 +523,9 @@ class TaskManager:
         """The body of every execute greenlet: run the task, then apply the policy."""
         ctx = self._ctx
         assert ctx is not None
-        if self._subscribers:
-            self._emit("started", record.name, None)
         try:
+            if self._subscribers:
+                self._emit("started", record.name, None)
             record.execute(ctx)
         except BaseException as exc:  # noqa: BLE001 - classified below
             self._finished(record, exc)
@@ -526,9 +533,9 @@ class TaskManager:
             self._finished(record, None)
 
     def _finished(self, record: _Record, exc: BaseException | None) -> None:
-        record.stopped_at = self._now()
         if record.abandoned:  # run() has already returned without it
             return
+        record.stopped_at = self._now()
         del self._running[record]
         ctx = self._ctx
         assert ctx is not None
@@ -613,11 +620,11 @@ class TaskManager:
             return
         self._cancel_run(StopReason("stop", None, cause), cause)
 
-    def _cancel_run(self, reason: StopReason | None, cause: BaseException | None) -> None:
+    def _cancel_run(self, reason: StopReason, cause: BaseException | None) -> None:
         if self._cancel is None or self._ctx is None or self._ctx.cancelled:
             return
-        if self._stop_reason is None and reason is not None:
-            self._stop_reason = reason
+        # The run context is not cancelled yet, so no reason has been set: this is the first.
+        self._stop_reason = reason
         self._cancel(cause)
 
     def _on_cancelled(self) -> None:
@@ -628,7 +635,7 @@ class TaskManager:
             self._stop_reason = StopReason("context", None, ctx.cause if ctx.cause is not ctx.err else None)
         if self._phase is _Phase.EXECUTING:
             self._phase = _Phase.STOPPING
-        logger.info("%s: shutting down: %s", self._name, _describe(self._stop_reason))
+        logger.info("%s: shutting down: %s", self._name, _describe(self._stop_reason, self._stop_stage))
         self._emit("cancelled", None, ctx.cause)
 
     def _wait_for_cancellation(self, ctx: Context) -> None:
@@ -656,18 +663,22 @@ class TaskManager:
                 record.killed = f"task {record.name!r} did not stop within {timeout}s of cancellation; killed"
             greenlet = record.greenlet
             assert greenlet is not None
+            # Every greenlet here has started: its start callback was queued before the
+            # cancellation that woke us (callbacks run in order), so the kill always reaches
+            # the wrapper in _execute, which records the outcome.
             greenlet.kill(block=False)
         grace = timeout if timeout is not None else 1.0
         if self._wait_drained(clock.now() + grace, honour_force=False):
             return
+        when = "when shutdown was forced" if forced else f"within {timeout}s of cancellation"
+        now = self._now()
         for record in list(self._running):
             del self._running[record]
             record.abandoned = True
-            self._fail(
-                record,
-                StopTimeout(f"task {record.name!r} did not die within {grace}s of being killed; abandoned"),
-                Stage.EXECUTE,
-            )
+            record.stopped_at = now
+            # One StopTimeout per task: this one replaces the "killed" one, never added to it.
+            message = f"task {record.name!r} did not stop {when} nor die within {grace}s of GreenletExit; abandoned"
+            self._fail(record, StopTimeout(message), Stage.EXECUTE)
             logger.error("%s: abandoned task %r: its greenlet refuses to die", self._name, record.name)
 
     def _wait_drained(self, deadline: float | None, *, honour_force: bool = True) -> bool:
@@ -821,13 +832,13 @@ class TaskManager:
         return f"<TaskManager {self._name!r} {self._phase.value} tasks={len(self._records)}>"
 
 
-def _describe(reason: StopReason) -> str:
+def _describe(reason: StopReason, stage: Stage) -> str:
     if reason.kind == "policy" and reason.task_name is not None and reason.error is not None:
         if isinstance(reason.error, UnexpectedStop):
-            return f"task {reason.task_name!r} stopped unexpectedly in execute"
-        return f"task {reason.task_name!r} failed in execute: {reason.error!r}"
+            return f"task {reason.task_name!r} stopped unexpectedly in {stage.value}"
+        return f"task {reason.task_name!r} failed in {stage.value}: {reason.error!r}"
     return str(reason)
 
 
-def _noop() -> None:
+def _noop() -> None:  # pragma: no cover - the keep-alive watcher is never sent
     return None

@@ -10,4 +10,22 @@
 - `Backoff`: exponential backoff with jitter, for `Repeatable`.
 """
 
-__all__: list[str] = []
+from ._backoff import Backoff as Backoff
+from ._force import ForceStop as ForceStop
+from ._health import HealthServer as HealthServer
+from ._interruptible import Interruptible as Interruptible
+from ._repeat import Repeatable as Repeatable
+from ._repeat import RepeatTimer as RepeatTimer
+from ._server import Server as Server
+from ._subprocess import Subprocess as Subprocess
+
+__all__: list[str] = [
+    "Backoff",
+    "ForceStop",
+    "HealthServer",
+    "Interruptible",
+    "RepeatTimer",
+    "Repeatable",
+    "Server",
+    "Subprocess",
+]

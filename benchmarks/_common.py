@@ -1,0 +1,67 @@
+"""Helpers shared by the per-framework benchmark modules, inside one cell's process.
+
+Every workload function takes ``n`` and returns ``{"metrics": {...}, "fails": [...]}``:
+figures in seconds, bytes or nanoseconds, and the sanity checks that did not hold
+(``"99/100 stopped"``), which the harness prints as FAIL marks instead of figures.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from typing import Any
+
+perf_counter = time.perf_counter
+
+#: The grace period of the forced_stop workload (seconds): cancellation is requested,
+#: the tasks ignore it, and after this long every framework stops them by force.
+FORCED_STOP_TIMEOUT = 0.05
+
+
+class Probe:
+    """Counts tasks that started and stopped; every implementation uses one the same way."""
+
+    __slots__ = ("n", "started", "stopped")
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.started = 0
+        self.stopped = 0
+
+    def fails(self) -> list[str]:
+        """The counts that are not ``n``."""
+        out = []
+        if self.started != self.n:
+            out.append(f"{self.started}/{self.n} started")
+        if self.stopped != self.n:
+            out.append(f"{self.stopped}/{self.n} stopped")
+        return out
+
+
+class Boom(Exception):
+    """What the failing task of failure_propagation raises."""
+
+
+def result(metrics: dict[str, float], fails: list[str]) -> dict[str, Any]:
+    """The JSON-able outcome of one workload run."""
+    return {"metrics": metrics, "fails": fails}
+
+
+def rss() -> int:
+    """This process's resident set size in bytes, after a full collection."""
+    import psutil
+
+    gc.collect()
+    return int(psutil.Process().memory_info().rss)
+
+
+def churn_result(elapsed: float, count: int, rss_before: int, retained: int | None) -> dict[str, Any]:
+    """The outcome of context_churn: ns per child, RSS growth, children left in the parent."""
+    rss_after = rss()
+    fails = []
+    if retained is None:
+        fails.append("cannot inspect the parent's children")
+    elif retained:
+        fails.append(f"parent still holds {retained} children")
+    metrics = {"ns_per_child": elapsed / count * 1e9, "rss_growth": float(rss_after - rss_before)}
+    return result(metrics, fails)

@@ -1,0 +1,188 @@
+"""Raw gevent, hand-written: the floor every other column is divided by.
+
+The fastest fair version of each workload: a ``gevent.pool.Group`` and one shared
+``Event`` that every parked greenlet waits on (setting it wakes them all in one loop
+callback; SPEC §8: only *killing* waiters of a shared Event is quadratic, so the
+forced_stop tasks each wait on their own Event). No names, no records, no policy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gevent
+from _common import FORCED_STOP_TIMEOUT, Boom, Probe, churn_result, perf_counter, result, rss
+from gevent.event import Event
+from gevent.pool import Group
+
+
+def spawn_cancel(n: int) -> dict[str, Any]:
+    """N greenlets parked until cancelled: start them all, then cancel them all."""
+    probe = Probe(n)
+    stop = Event()
+    all_started = Event()
+
+    def task() -> None:
+        probe.started += 1
+        if probe.started == n:
+            all_started.set()
+        try:
+            stop.wait()
+        finally:
+            probe.stopped += 1
+
+    t0 = perf_counter()
+    group = Group()
+    for _ in range(n):
+        group.spawn(task)
+    all_started.wait()
+    t1 = perf_counter()
+    stop.set()
+    group.join()
+    t2 = perf_counter()
+    return result({"start_s": t1 - t0, "cancel_s": t2 - t1, "total_s": t2 - t0}, probe.fails())
+
+
+def spawn_complete(n: int) -> dict[str, Any]:
+    """N greenlets that return at once; until the group is empty."""
+    probe = Probe(n)
+
+    def task() -> None:
+        probe.started += 1
+        probe.stopped += 1
+
+    t0 = perf_counter()
+    group = Group()
+    for _ in range(n):
+        group.spawn(task)
+    group.join()
+    t1 = perf_counter()
+    return result({"elapsed_s": t1 - t0}, probe.fails())
+
+
+def dynamic_add(n: int) -> dict[str, Any]:
+    """A producer greenlet in the group spawns N short greenlets, yielding after each."""
+    probe = Probe(n)
+    marks: dict[str, float] = {}
+    group = Group()
+
+    def task() -> None:
+        probe.started += 1
+        probe.stopped += 1
+
+    def producer() -> None:
+        marks["t0"] = perf_counter()
+        for _ in range(n):
+            group.spawn(task)
+            gevent.sleep(0)
+
+    group.spawn(producer)
+    group.join()
+    t1 = perf_counter()
+    return result({"elapsed_s": t1 - marks["t0"]}, probe.fails())
+
+
+def failure_propagation(n: int) -> dict[str, Any]:
+    """N parked greenlets and one that raises; a guard records it and stops the rest."""
+    probe = Probe(n)
+    stop = Event()
+    all_started = Event()
+    errors: list[BaseException] = []
+    marks: dict[str, float] = {}
+
+    def guard(fn: Any) -> None:
+        try:
+            fn()
+        except Exception as exc:
+            errors.append(exc)
+            stop.set()
+
+    def idle() -> None:
+        probe.started += 1
+        if probe.started == n:
+            all_started.set()
+        try:
+            stop.wait()
+        finally:
+            probe.stopped += 1
+
+    def failer() -> None:
+        all_started.wait()
+        marks["t0"] = perf_counter()
+        raise Boom("boom")
+
+    group = Group()
+    for _ in range(n):
+        group.spawn(guard, idle)
+    group.spawn(guard, failer)
+    group.join()
+    t1 = perf_counter()
+    fails = probe.fails()
+    if len(errors) != 1 or not isinstance(errors[0], Boom):
+        fails.append(f"errors {errors!r}")
+    return result({"elapsed_s": t1 - marks["t0"]}, fails)
+
+
+def forced_stop(n: int) -> dict[str, Any]:
+    """N greenlets that ignore cancellation (each parked on its own Event) are killed."""
+    probe = Probe(n)
+    all_started = Event()
+
+    def task() -> None:
+        probe.started += 1
+        if probe.started == n:
+            all_started.set()
+        try:
+            Event().wait()
+        finally:
+            probe.stopped += 1
+
+    group = Group()
+    for _ in range(n):
+        group.spawn(task)
+    all_started.wait()
+    t_stop = perf_counter()
+    group.join(timeout=FORCED_STOP_TIMEOUT)
+    group.kill(block=True)
+    t_end = perf_counter()
+    return result({"elapsed_s": t_end - t_stop - FORCED_STOP_TIMEOUT}, probe.fails())
+
+
+def memory(n: int) -> dict[str, Any]:
+    """RSS growth per parked greenlet."""
+    probe = Probe(n)
+    stop = Event()
+    all_started = Event()
+
+    def task() -> None:
+        probe.started += 1
+        if probe.started == n:
+            all_started.set()
+        try:
+            stop.wait()
+        finally:
+            probe.stopped += 1
+
+    before = rss()
+    group = Group()
+    for _ in range(n):
+        group.spawn(task)
+    all_started.wait()
+    after = rss()
+    stop.set()
+    group.join()
+    return result({"bytes_per_task": (after - before) / n}, probe.fails())
+
+
+def context_churn(count: int) -> dict[str, Any]:
+    """The hand-written floor of a child cancel token: an Event in the parent's set, set, removed."""
+    children: set[Event] = set()
+    before = rss()
+    t0 = perf_counter()
+    for _ in range(count):
+        child = Event()
+        children.add(child)
+        child.set()
+        children.discard(child)
+    elapsed = perf_counter() - t0
+    return churn_result(elapsed, count, before, len(children))

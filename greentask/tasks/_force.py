@@ -1,0 +1,124 @@
+"""ForceStop: kill an inner execute that does not stop within a timeout of cancellation."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import gevent
+from greenlet import GreenletExit
+
+from ..context import Context, _check_seconds, with_timeout, without_cancel
+from ..errors import StopTimeout
+from ._wrap import InnerTask, Wrapper
+
+__all__ = ["ForceStop"]
+
+logger = logging.getLogger("greentask")
+
+
+class _Outcome:
+    """What the inner execute returned or raised (caught in its own greenlet)."""
+
+    __slots__ = ("error", "value")
+
+    def __init__(self) -> None:
+        self.value: object = None
+        self.error: BaseException | None = None
+
+
+def _run_captured(execute: Any, ctx: Context, outcome: _Outcome) -> None:
+    try:
+        outcome.value = execute(ctx)
+    except BaseException as exc:  # noqa: BLE001 - handed to the ForceStop greenlet, never to the hub
+        outcome.error = exc
+
+
+class ForceStop(Wrapper):
+    """Give the inner execute ``timeout`` seconds after cancellation, then kill it.
+
+    The inner ``execute`` runs in a child greenlet with the wrapper's own ``ctx``.
+    While ``ctx`` is not cancelled, ``ForceStop`` waits for it. A task that honours
+    cancellation stops on its own: whatever it returns or raises comes out of
+    ``ForceStop.execute`` unchanged (a ``Cancelled`` it raises too, which the manager
+    counts as a clean stop). Once ``ctx`` is cancelled, the child gets ``timeout``
+    seconds on the context clock; then it is killed with ``GreenletExit`` and
+    `StopTimeout` is raised (chained from any other error it raised while dying).
+    Unlike Go, the greenlet really stops, as soon as it next yields to the hub. One
+    that catches the kill and keeps blocking is given another ``timeout`` seconds to
+    die, then abandoned (logged) and `StopTimeout` says so.
+
+    If the ``ForceStop`` greenlet itself is killed, the child is killed with it.
+    ``initialize`` and ``cleanup`` call the inner task's, if it has them, unbounded.
+
+    Args:
+        timeout: seconds (context clock) between cancellation and the kill (>= 0).
+        task: a `greentask.Task`, an object with ``execute(ctx)``, or ``fn(ctx)``.
+
+    Raises:
+        TypeError: ``timeout`` is not a number; ``task`` is None or has no execute.
+        ValueError: ``timeout`` is negative or NaN.
+
+    Example::
+
+        def legacy(ctx):
+            while True:
+                blocking_poll()   # never looks at ctx
+
+        manager.add_task("legacy", ForceStop(5.0, legacy_task))   # killed 5s after shutdown
+    """
+
+    def __init__(self, timeout: float, task: InnerTask) -> None:
+        self._timeout = _check_seconds("timeout", timeout)
+        super().__init__(task)
+
+    @property
+    def timeout(self) -> float:
+        """Seconds between cancellation and the kill."""
+        return self._timeout
+
+    def execute(self, ctx: Context) -> object:
+        """Run the inner execute; kill it ``timeout`` seconds after ``ctx`` is cancelled.
+
+        Returns:
+            What the inner execute returned.
+
+        Raises:
+            StopTimeout: it was still running ``timeout`` seconds after cancellation.
+            BaseException: whatever the inner execute raised, unchanged.
+        """
+        outcome = _Outcome()
+        child: gevent.Greenlet[..., Any] = gevent.spawn(_run_captured, self._execute, ctx, outcome)
+        try:
+            gevent.wait([child, ctx], count=1)  # type: ignore[type-var]
+            if not child.dead and not self._join(child, ctx):
+                child.kill(block=False)
+                killed = self._join(child, ctx)
+                if not killed:
+                    logger.error("greentask: %r: the inner execute refuses to die; abandoned", self)
+                self._raise_stop_timeout(outcome, killed)
+        finally:
+            if not child.dead:
+                child.kill(block=False)
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.value
+
+    def _join(self, child: gevent.Greenlet[..., Any], ctx: Context) -> bool:
+        """Wait up to ``timeout`` (context clock) for ``child`` to finish; True if it did."""
+        timer, cancel = with_timeout(without_cancel(ctx), self._timeout)
+        try:
+            gevent.wait([child, timer], count=1)  # type: ignore[type-var]
+        finally:
+            cancel()
+        return bool(child.dead)
+
+    def _raise_stop_timeout(self, outcome: _Outcome, killed: bool) -> None:
+        if killed:
+            msg = f"execute did not stop within {self._timeout}s of cancellation; killed"
+        else:
+            msg = f"execute did not stop within {self._timeout}s of cancellation and refused to die; abandoned"
+        dying = outcome.error
+        if dying is not None and not isinstance(dying, GreenletExit):
+            raise StopTimeout(msg) from dying
+        raise StopTimeout(msg) from None
