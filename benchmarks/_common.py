@@ -8,10 +8,20 @@ figures in seconds, bytes or nanoseconds, and the sanity checks that did not hol
 from __future__ import annotations
 
 import gc
+import os
 import time
 from typing import Any
 
-perf_counter = time.perf_counter
+#: The clock of every figure: wall time by default; ``BENCH_CLOCK=cpu`` (``run.py
+#: --clock cpu``) uses this process's CPU time instead, which other processes on a
+#: busy machine barely disturb (it leaves out waiting, so only use it to compare
+#: CPU-bound code, e.g. a patch against the original).
+perf_counter = time.process_time if os.environ.get("BENCH_CLOCK") == "cpu" else time.perf_counter
+
+#: context_churn yields to the event loop after every this many children, so work a
+#: framework defers to the loop (anyio schedules a callback per cancel) is done and
+#: counted instead of piling up.
+CHURN_BATCH = 1000
 
 #: The grace period of the forced_stop workload (seconds): cancellation is requested,
 #: the tasks ignore it, and after this long every framework stops them by force.
@@ -53,6 +63,12 @@ def rss() -> int:
 
     gc.collect()
     return int(psutil.Process().memory_info().rss)
+
+
+def batches(count: int) -> list[int]:
+    """``count`` split into runs of `CHURN_BATCH` (the last one shorter)."""
+    full, rest = divmod(count, CHURN_BATCH)
+    return [CHURN_BATCH] * full + ([rest] if rest else [])
 
 
 def churn_result(elapsed: float, count: int, rss_before: int, retained: int | None) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 import anyio.abc
 import anyio.lowlevel
-from _common import FORCED_STOP_TIMEOUT, Boom, Probe, churn_result, perf_counter, result, rss
+from _common import FORCED_STOP_TIMEOUT, Boom, Probe, batches, churn_result, perf_counter, result, rss
 
 BACKEND = "asyncio"
 
@@ -197,13 +197,14 @@ def context_churn(count: int) -> dict[str, Any]:
         with anyio.CancelScope() as parent:
             before = rss()
             t0 = perf_counter()
-            for _ in range(count):
-                with anyio.CancelScope() as scope:
-                    scope.cancel()
+            for size in batches(count):
+                for _ in range(size):
+                    with anyio.CancelScope() as scope:
+                        scope.cancel()
+                await anyio.lowlevel.checkpoint()
             elapsed = perf_counter() - t0
             children = getattr(parent, "_child_scopes", None)
             out.update(churn_result(elapsed, count, before, None if children is None else len(children)))
-        await anyio.lowlevel.checkpoint()
 
     anyio.run(main, backend=BACKEND)
     return out

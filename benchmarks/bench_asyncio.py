@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from _common import FORCED_STOP_TIMEOUT, Boom, Probe, churn_result, perf_counter, result, rss
+from _common import FORCED_STOP_TIMEOUT, Boom, Probe, batches, churn_result, perf_counter, result, rss
 
 
 class _Stop(Exception):
@@ -215,11 +215,13 @@ def context_churn(count: int) -> dict[str, Any]:
         children: set[asyncio.Future[None]] = set()
         before = rss()
         t0 = perf_counter()
-        for _ in range(count):
-            child = loop.create_future()
-            children.add(child)
-            child.cancel()
-            children.discard(child)
+        for size in batches(count):
+            for _ in range(size):
+                child = loop.create_future()
+                children.add(child)
+                child.cancel()
+                children.discard(child)
+            await asyncio.sleep(0)
         elapsed = perf_counter() - t0
         out.update(churn_result(elapsed, count, before, len(children)))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import gevent
-from _common import FORCED_STOP_TIMEOUT, Boom, Probe, churn_result, perf_counter, result, rss
+from _common import FORCED_STOP_TIMEOUT, Boom, Probe, batches, churn_result, perf_counter, result, rss
 from gevent.event import Event
 
 import greentask as gt
@@ -198,9 +198,11 @@ def context_churn(count: int) -> dict[str, Any]:
     with_cancel = gt.with_cancel
     before = rss()
     t0 = perf_counter()
-    for _ in range(count):
-        _, cancel = with_cancel(parent)
-        cancel()
+    for size in batches(count):
+        for _ in range(size):
+            _, cancel = with_cancel(parent)
+            cancel()
+        gevent.sleep(0)
     elapsed = perf_counter() - t0
     state = parent._state
     retained = None if state is None else len(state.children or ()) + len(state.callbacks or ())

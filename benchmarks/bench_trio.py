@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import trio
-from _common import FORCED_STOP_TIMEOUT, Boom, Probe, churn_result, perf_counter, result, rss
+import trio.lowlevel
+from _common import FORCED_STOP_TIMEOUT, Boom, Probe, batches, churn_result, perf_counter, result, rss
 
 
 def spawn_cancel(n: int) -> dict[str, Any]:
@@ -193,9 +194,11 @@ def context_churn(count: int) -> dict[str, Any]:
         with trio.CancelScope() as parent:
             before = rss()
             t0 = perf_counter()
-            for _ in range(count):
-                with trio.CancelScope() as scope:
-                    scope.cancel()
+            for size in batches(count):
+                for _ in range(size):
+                    with trio.CancelScope() as scope:
+                        scope.cancel()
+                await trio.lowlevel.checkpoint()
             elapsed = perf_counter() - t0
             status = getattr(parent, "_cancel_status", None)
             children = getattr(status, "_children", None)

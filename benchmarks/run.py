@@ -68,6 +68,7 @@ FULL_REPEATS = 3
 QUICK_CHURN = 200_000
 FULL_CHURN = 1_000_000
 CELL_TIMEOUT = 300.0
+CLOCKS = {"wall": "wall time (perf_counter)", "cpu": "CPU time of the cell's process (process_time)"}
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ framework reported) before its figure is used.
   it, many times (greentask: `with_cancel(parent)` then `cancel()`; trio/anyio: a
   nested `CancelScope` cancelled inside; raw gevent and asyncio have no cancel tree,
   so the floor is hand-written: an `Event` / a future added to the parent's set,
-  set / cancelled, removed). FAIL if the parent still references a child afterwards.
+  set / cancelled, removed). The cell fails if the parent still references a child.
 
 Ratios are cost relative to raw gevent at the same N (time or bytes; for tasks/s the
 inverse of the rate ratio): below 1 is cheaper than the floor, above 1 dearer. `±` is
@@ -186,9 +187,10 @@ class Cell:
 # -- running -----------------------------------------------------------------------
 
 
-def run_cell(framework: str, workload: str, n: int, timeout: float) -> dict[str, Any]:
+def run_cell(framework: str, workload: str, n: int, timeout: float, clock: str) -> dict[str, Any]:
     """Run one repeat of one cell in a fresh process; return its outcome."""
     env = dict(os.environ)
+    env["BENCH_CLOCK"] = clock
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), str(HERE), env.get("PYTHONPATH", "")) if p)
     env.pop("PYTHONHASHSEED", None)
     cmd = [sys.executable, str(CELL), framework, workload, str(n)]
@@ -207,9 +209,7 @@ def run_cell(framework: str, workload: str, n: int, timeout: float) -> dict[str,
     return outcome
 
 
-def plan(
-    workloads: Sequence[str], frameworks: Sequence[str], sizes: Sequence[int], churn: int
-) -> list[tuple[str, int]]:
+def plan(workloads: Sequence[str], sizes: Sequence[int], churn: int) -> list[tuple[str, int]]:
     """The (workload, N) rows to run: memory at the largest N only, churn once."""
     rows: list[tuple[str, int]] = []
     for workload in workloads:
@@ -228,6 +228,7 @@ def run_all(
     repeats: int,
     jobs: int,
     timeout: float,
+    clock: str,
     log: Callable[[str], None],
 ) -> dict[tuple[str, str, int], Cell]:
     """Run every cell ``repeats`` times, interleaved; return the cells."""
@@ -243,7 +244,7 @@ def run_all(
     def one(index_key: tuple[int, tuple[str, str, int]]) -> None:
         index, (workload, framework, n) = index_key
         t0 = time.monotonic()
-        outcome = run_cell(framework, workload, n, timeout)
+        outcome = run_cell(framework, workload, n, timeout, clock)
         cells[workload, framework, n].outcomes.append(outcome)
         shown = ", ".join(f"{k}={v:.4g}" for k, v in outcome["metrics"].items())
         if outcome["fails"]:
@@ -434,7 +435,7 @@ def loadavg() -> str:
         return "unknown"
 
 
-def header(mode: str, sizes: Sequence[int], repeats: int, churn: int, load_before: str, seconds: float) -> str:
+def header(args: argparse.Namespace, load_before: str, seconds: float) -> str:
     """The machine, versions and run parameters, as markdown."""
     versions = ", ".join(f"{d} {version(d)}" for d in ("gevent", "greenlet", "trio", "anyio", "psutil"))
     return "\n".join(
@@ -446,8 +447,9 @@ def header(mode: str, sizes: Sequence[int], repeats: int, churn: int, load_befor
             f"- load average (1/5/15 min) before: {load_before}; after: {loadavg()}",
             f"- Python {platform.python_version()} ({platform.python_implementation()}); {versions}",
             f"- greentask {version('greentask')} from {greentask_source()}",
-            f"- mode: {mode}; N = {', '.join(f'{n:,}' for n in sizes)}; context_churn children = {churn:,}; "
-            f"{repeats} repeat(s) per cell, median shown; {seconds:.0f} s in all",
+            f"- mode: {args.mode}; N = {', '.join(f'{n:,}' for n in args.sizes)}; "
+            f"context_churn children = {args.churn:,}; {args.repeats} repeat(s) per cell, median shown; "
+            f"clock: {CLOCKS[args.clock]}; {seconds:.0f} s in all",
             f"- command: `{' '.join(['python', 'benchmarks/run.py', *sys.argv[1:]])}`",
         ]
     )
@@ -483,6 +485,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=HERE / "RESULTS.md", help="markdown file to write")
     parser.add_argument("--jobs", type=int, default=1, help="cells run at once (>1 distorts the timings)")
     parser.add_argument("--timeout", type=float, default=CELL_TIMEOUT, help="seconds one cell may take")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: elapsed time (the real figure; needs a quiet machine); cpu: the cell process's CPU time, "
+        "barely disturbed by other load, for comparing CPU-bound changes (leaves out waiting)",
+    )
     args = parser.parse_args(argv)
     workloads, frameworks = list(WORKLOADS), list(FRAMEWORKS)
     if args.only:
@@ -509,16 +518,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     load_before = loadavg()
     started = time.monotonic()
-    rows = plan(args.workloads, args.frameworks, args.sizes, args.churn)
+    rows = plan(args.workloads, args.sizes, args.churn)
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    cells = run_all(rows, args.frameworks, args.repeats, args.jobs, args.timeout, log)
+    cells = run_all(rows, args.frameworks, args.repeats, args.jobs, args.timeout, args.clock, log)
     elapsed = time.monotonic() - started
     report = "\n\n".join(
         [
-            header(args.mode, args.sizes, args.repeats, args.churn, load_before, elapsed),
+            header(args, load_before, elapsed),
             "## Results (median; ratio to raw gevent in parentheses)",
             results_table(cells, rows, args.frameworks),
             "## greentask against its targets",

@@ -19,8 +19,11 @@ on a state (greenlets in `Context.wait`, `Context.cancellable` blocks, `on_cance
 functions, ``gevent.wait`` links) is a callback in the state's dict, keyed by the waiter
 itself, so a killed waiter removes itself in O(1) (killing N greenlets parked on one
 shared ``Event`` is quadratic, see SPEC §8). The callbacks run in the hub, once, in
-registration order, in a single loop callback scheduled by the canceller; a waiter that
-left in the meantime is skipped. Cancelling N waiters is O(N), with no kill involved.
+registration order, in a single loop callback scheduled by the canceller (at once when
+the canceller is the hub itself, e.g. a deadline timer); a waiter that left in the
+meantime is skipped. Cancelling N waiters is O(N), with no kill involved. A children
+set or callback dict that becomes empty is dropped (``None``), since Python's sets and
+dicts never shrink: a burst of children or waiters leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -148,20 +151,18 @@ class _State:
         children.add(self)
 
     def cancel_with(self, err: Cancelled, cause: BaseException | None) -> None:
-        if self.err is not None:
-            return
+        """Cancel this (not yet cancelled) state and its subtree with ``err``."""
         if cause is None:
             cause = err
         parent = self.parent
-        if parent is not None:
+        if parent is not None and parent.children is not None:
+            # Unregister: a long-lived parent never accumulates cancelled children.
             siblings = parent.children
-            if siblings is not None:
-                siblings.discard(self)
-                if not siblings:
-                    # Drop the emptied set: a set never shrinks, so a burst of children
-                    # would otherwise keep its table alive as long as the parent.
-                    parent.children = None
-            self.parent = None
+            siblings.discard(self)
+            if not siblings:
+                # Drop the emptied set: a set never shrinks, so a burst of children
+                # would otherwise keep its table alive as long as the parent.
+                parent.children = None
         to_notify: list[_State] = []
         hooks: list[Callable[[], None]] = []
         stack = [self]
@@ -269,7 +270,8 @@ class CancelScope:
     """The block returned by `Context.cancellable`; see there.
 
     ``cancelled_caught`` tells, after the block, whether it was interrupted by its
-    context's cancellation.
+    context's cancellation (like trio's ``CancelScope.cancelled_caught``). A scope
+    can be entered once; entering it again raises ``RuntimeError``.
     """
 
     __slots__ = ("_active", "_ctx", "_greenlet", "_thrown", "cancelled_caught")
@@ -407,11 +409,26 @@ class Context:
     def wait(self, timeout: float | None = None) -> bool:
         """Block this greenlet until cancelled or ``timeout`` seconds (clock time) pass.
 
+        Returns at once if already cancelled, or if ``timeout`` is 0. A context that is
+        never cancelled (`background`, `without_cancel`) waits for the timeout only;
+        with ``timeout=None`` it blocks forever. Many greenlets may wait on one context;
+        killing any of them costs O(1).
+
         Args:
-            timeout: seconds to wait at most; None waits for cancellation only.
+            timeout: seconds to wait at most, on `clock`; None waits for cancellation
+                only.
 
         Returns:
-            `cancelled` (True if woken by cancellation).
+            `cancelled`: True if woken by cancellation, False if the timeout passed.
+
+        Raises:
+            TypeError: ``timeout`` is not a number.
+            ValueError: ``timeout`` is negative or NaN.
+
+        Example::
+
+            while not ctx.wait(5):   # every 5 s until cancelled
+                report_progress()
         """
         if timeout is not None:
             timeout = _check_seconds("timeout", timeout)
@@ -426,9 +443,23 @@ class Context:
     def sleep(self, seconds: float) -> bool:
         """Sleep ``seconds`` on the context clock, or less if cancelled.
 
+        ``sleep(0)`` yields to other greenlets (``gevent.sleep(0)``).
+
+        Args:
+            seconds: how long to sleep, on `clock`.
+
         Returns:
             True if the full time passed, False if cancellation woke it first (or the
             context was already cancelled).
+
+        Raises:
+            TypeError: ``seconds`` is not a number.
+            ValueError: ``seconds`` is negative or NaN.
+
+        Example::
+
+            while ctx.sleep(interval):
+                poll()
         """
         seconds = _check_seconds("seconds", seconds)
         state = self._state
@@ -458,7 +489,15 @@ class Context:
                 timer.cancel()
 
     def check(self) -> None:
-        """Raise `err` if cancelled (a checkpoint); return otherwise."""
+        """Raise `err` if cancelled (a checkpoint); return otherwise.
+
+        The same `err` instance is raised each time, its traceback reset first, so
+        calling ``check`` in a loop does not grow it. Inside a `cancellable` block of
+        this context, the block swallows it.
+
+        Raises:
+            Cancelled: the context is cancelled (`DeadlineExceeded` for a deadline).
+        """
         state = self._state
         if state is not None and state.err is not None:
             raise state.err.with_traceback(None)
@@ -466,12 +505,20 @@ class Context:
     def on_cancel(self, fn: Callable[[], object]) -> Callable[[], bool]:
         """Run ``fn()`` once, in its own greenlet, when this context is cancelled.
 
-        If it already is, ``fn`` starts soon. Errors ``fn`` raises are logged to the
-        ``greentask`` logger. (Go's ``context.AfterFunc``.)
+        If it already is, ``fn`` starts soon (never synchronously). On a context that
+        is never cancelled, ``fn`` never runs. An exception ``fn`` raises is logged to
+        the ``greentask`` logger, never printed by gevent's hub. (Go's
+        ``context.AfterFunc``.)
+
+        Args:
+            fn: a callable taking no arguments.
 
         Returns:
             ``stop()``: unregisters ``fn``; returns True if that prevented it from
-            being started.
+            being started, False if it was already started (or never registered).
+
+        Raises:
+            TypeError: ``fn`` is not callable.
         """
         if not callable(fn):
             msg = f"fn must be callable, got {fn!r}"
@@ -494,40 +541,74 @@ class Context:
         """A block in which this context's cancellation interrupts the greenlet.
 
         While the current greenlet is inside ``with ctx.cancellable():``, cancellation
-        raises `Cancelled` into it at once, interrupting any blocking gevent call. When
-        that exception leaves the block it is swallowed and execution continues after
-        the ``with`` (``scope.cancelled_caught`` is then True). If the context is
-        already cancelled on entry, the first blocking call raises. Nested blocks on
-        different contexts each catch only their own cancellation; after the block is
-        left a late cancellation no longer reaches the greenlet.
+        raises `Cancelled` (`DeadlineExceeded` for a deadline; a fresh instance) into
+        it at once, interrupting any blocking gevent call: a socket read, ``Queue.get``,
+        ``gevent.sleep``. When that exception leaves the block it is swallowed and
+        execution continues after the ``with`` (``scope.cancelled_caught`` is then
+        True); so is the `err` that `check` raises inside the block. If the context is
+        already cancelled on entry, the body runs until its first blocking call, which
+        raises (trio's rule). Nested blocks on different contexts each catch only their
+        own cancellation; a kill or another context's `Cancelled` propagates. Only the
+        greenlet that entered is interrupted, and only while inside: after the block is
+        left a late cancellation no longer reaches it.
+
+        Returns:
+            A `CancelScope`, to be entered once.
 
         Example::
 
-            with ctx.cancellable():
+            with ctx.cancellable() as scope:
                 data = sock.recv(1024)   # interrupted by cancellation
+            if scope.cancelled_caught:
+                return
         """
         return CancelScope(self)
 
     # -- gevent.wait / gevent.iwait protocol -----------------------------------
 
     def rawlink(self, callback: Callable[[Any], Any]) -> None:
-        """Call ``callback(self)`` in the hub once cancelled (gevent's wait protocol)."""
+        """Call ``callback(self)`` in the hub once cancelled (gevent's wait protocol).
+
+        This is what makes ``gevent.wait([ctx, ...])`` and ``gevent.iwait`` work. If
+        the context is already cancelled, the callback runs soon (and `unlink` can
+        still prevent it). On a context that is never cancelled it never runs. The
+        callback must not block; an exception it raises is logged.
+
+        Args:
+            callback: a callable taking the context.
+
+        Raises:
+            TypeError: ``callback`` is not callable.
+        """
         if not callable(callback):
             msg = f"callback must be callable, got {callback!r}"
             raise TypeError(msg)
         state = self._state
         if state is None:
             return
-        state.add_callback(("link", callback, self), lambda: callback(self))
+        state.add_callback(self._link_key(callback), lambda: callback(self))
         if state.err is not None:
             # Already cancelled: call it soon, from the dict, so `unlink` can still stop it.
             get_hub().loop.run_callback(_run_callbacks, [state])
 
     def unlink(self, callback: Callable[[Any], Any]) -> None:
-        """Remove a callback added with `rawlink`."""
+        """Remove a callback added with `rawlink` (no-op if it is not registered).
+
+        Args:
+            callback: the callable given to `rawlink`.
+        """
         state = self._state
         if state is not None:
-            state.remove_callback(("link", callback, self))
+            state.remove_callback(self._link_key(callback))
+
+    def _link_key(self, callback: Callable[[Any], Any]) -> Hashable:
+        # Equal bound methods give equal keys (gevent unlinks with a fresh one); an
+        # unhashable callback (a method of an object defining __eq__ only) by identity.
+        try:
+            hash(callback)
+        except TypeError:
+            return ("link-id", id(callback), self)
+        return ("link", callback, self)
 
     def ready(self) -> bool:
         """Same as `cancelled` (gevent's naming)."""
@@ -551,10 +632,23 @@ def _stopped() -> bool:
 def background(clock: Clock | None = None) -> Context:
     """Return a root context that is never cancelled.
 
+    It has no deadline and no values; derive the contexts you cancel from it.
+
     Args:
-        clock: where time is read and timers armed; defaults to the real clock
+        clock: where time is read and timers armed, for this context and every
+            context derived from it; defaults to the real clock
             (``time.monotonic()``, timers on gevent's loop). Pass a
             `greentask.testing.FakeClock` in tests.
+
+    Returns:
+        A new root `Context`.
+
+    Raises:
+        TypeError: ``clock`` is not an object with ``now()`` and ``call_at()``.
+
+    Example::
+
+        ctx, cancel = gt.with_timeout(gt.background(), 30)
     """
     return Context(None, None, REAL_CLOCK if clock is None else _check_clock(clock))
 
@@ -562,9 +656,33 @@ def background(clock: Clock | None = None) -> Context:
 def with_cancel(parent: Context) -> tuple[Context, CancelFunc]:
     """Return a child of ``parent`` and a ``cancel(cause=None)`` function.
 
-    Cancelling the parent cancels the child; cancelling the child never touches the
-    parent. A child of a cancelled parent is born cancelled. Call ``cancel`` when done
-    with the child (like Go): a cancelled child is no longer referenced by its parent.
+    Cancelling the parent cancels the child (and all its descendants, synchronously:
+    ``cancelled`` is true everywhere when ``cancel`` returns); cancelling the child
+    never touches the parent. A child of a cancelled parent is born cancelled, with the
+    parent's ``err`` and ``cause``. ``cancel`` is idempotent: only the first call sets
+    ``err`` and ``cause``. The child inherits the parent's deadline, values and clock.
+
+    Creating a child is O(1); cancelling is O(descendants). Call ``cancel`` when done
+    with the child (like Go): a cancelled child is no longer referenced by its parent,
+    so a long-lived parent can make any number of short children.
+
+    Args:
+        parent: the context to derive from.
+
+    Returns:
+        ``(ctx, cancel)``. ``cancel(cause=None)`` takes an optional exception instance
+        that becomes ``ctx.cause``; it raises ``TypeError`` for anything else.
+
+    Raises:
+        TypeError: ``parent`` is not a `Context`.
+
+    Example::
+
+        ctx, cancel = gt.with_cancel(parent)
+        try:
+            work(ctx)
+        finally:
+            cancel()
     """
     _check_context("parent", parent)
     parent_state = parent._state
@@ -577,8 +695,22 @@ def with_cancel(parent: Context) -> tuple[Context, CancelFunc]:
 def with_deadline(parent: Context, when: float) -> tuple[Context, CancelFunc]:
     """Like `with_cancel`, and also cancelled with `DeadlineExceeded` at ``when``.
 
-    ``when`` is a time on the parent's clock. The earlier of the parent's deadline and
-    ``when`` wins. Calling ``cancel`` releases the timer.
+    The context is cancelled when its clock reaches ``when`` (not a moment before);
+    a ``when`` already reached gives a context born cancelled. The earlier of the
+    parent's deadline and ``when`` wins: if the parent's comes first, no timer is
+    armed and the parent's cancellation (with its ``err``) reaches the child. Calling
+    ``cancel`` releases the timer.
+
+    Args:
+        parent: the context to derive from.
+        when: a time on the parent's clock (``parent.clock.now()`` scale).
+
+    Returns:
+        ``(ctx, cancel)``, as for `with_cancel`.
+
+    Raises:
+        TypeError: ``parent`` is not a `Context`, or ``when`` is not a number.
+        ValueError: ``when`` is NaN.
     """
     _check_context("parent", parent)
     if isinstance(when, bool) or not isinstance(when, int | float):
@@ -604,7 +736,29 @@ def with_deadline(parent: Context, when: float) -> tuple[Context, CancelFunc]:
 
 
 def with_timeout(parent: Context, seconds: float) -> tuple[Context, CancelFunc]:
-    """`with_deadline` at ``parent.clock.now() + seconds``."""
+    """`with_deadline` at ``parent.clock.now() + seconds``.
+
+    Args:
+        parent: the context to derive from.
+        seconds: how long from now, on the parent's clock; 0 gives a context born
+            cancelled, ``math.inf`` one that never times out.
+
+    Returns:
+        ``(ctx, cancel)``, as for `with_cancel`; ``ctx.err`` is `DeadlineExceeded`
+        once the time has passed.
+
+    Raises:
+        TypeError: ``parent`` is not a `Context`, or ``seconds`` is not a number.
+        ValueError: ``seconds`` is negative or NaN.
+
+    Example::
+
+        ctx, cancel = gt.with_timeout(parent, 5)
+        try:
+            fetch(ctx)
+        finally:
+            cancel()
+    """
     _check_context("parent", parent)
     seconds = _check_seconds("seconds", seconds)
     return with_deadline(parent, parent._clock.now() + seconds)
@@ -613,8 +767,21 @@ def with_timeout(parent: Context, seconds: float) -> tuple[Context, CancelFunc]:
 def with_value(parent: Context, key: Hashable, value: Any) -> Context:
     """Return a child of ``parent`` carrying ``value`` under ``key``.
 
-    It shares the parent's cancellation and clock; `Context.value` walks up the
-    parents. Keys are compared with ``==``; use a private object to avoid clashes.
+    It shares the parent's cancellation, deadline and clock (it has no ``cancel`` of
+    its own and costs one small object). `Context.value` walks up the parents, so the
+    nearest ``key`` wins. Keys are compared with ``==``; use a private object to avoid
+    clashes between libraries.
+
+    Args:
+        parent: the context to derive from.
+        key: a hashable key, not None.
+        value: any value.
+
+    Returns:
+        The child `Context`.
+
+    Raises:
+        TypeError: ``parent`` is not a `Context`, or ``key`` is None or unhashable.
     """
     _check_context("parent", parent)
     _check_key(key)
@@ -622,6 +789,20 @@ def with_value(parent: Context, key: Hashable, value: Any) -> Context:
 
 
 def without_cancel(parent: Context) -> Context:
-    """Return a child with ``parent``'s values and clock that is never cancelled."""
+    """Return a child with ``parent``'s values and clock that is never cancelled.
+
+    Neither the parent's cancellation nor its deadline reaches it (Go's
+    ``WithoutCancel``); contexts derived from it can be cancelled on their own. Use it
+    for cleanup work that must run after the parent was cancelled.
+
+    Args:
+        parent: the context to derive from.
+
+    Returns:
+        The child `Context` (``deadline`` None, ``cancelled`` always False).
+
+    Raises:
+        TypeError: ``parent`` is not a `Context`.
+    """
     _check_context("parent", parent)
     return Context(parent, None, parent._clock)

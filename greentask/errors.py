@@ -102,6 +102,10 @@ class NamedError:
     ``execute_task_type`` (tasks from ``add_execute_task``) is set.
 
     ``str()`` reads like ``execute: task 'db': ConnectionError('refused')``.
+
+    Raises:
+        TypeError: a field has the wrong type.
+        ValueError: not exactly one of ``task_type`` and ``execute_task_type`` is set.
     """
 
     task_name: str
@@ -207,6 +211,15 @@ def errors_to_group(errors: Iterable[NamedError]) -> BaseExceptionGroup[BaseExce
     happened, so the error of the task that triggered the shutdown comes first.
     The result is an `ExceptionGroup` when every error is an `Exception`, else a
     `BaseExceptionGroup`.
+
+    Args:
+        errors: the `NamedError` objects, e.g. what `TaskManager.run` returned.
+
+    Returns:
+        The group, or None when ``errors`` is empty.
+
+    Raises:
+        TypeError: ``errors`` is not an iterable of `NamedError`.
 
     Example::
 

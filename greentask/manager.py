@@ -23,6 +23,7 @@ it, and emits the "cancelled" event at the moment cancellation happens, whoever 
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 from collections import deque
@@ -266,6 +267,11 @@ class TaskManager:
         on_event: called with every `ManagerEvent` (like `subscribe`).
         name: used in log messages.
 
+    Raises:
+        TypeError: a timeout is not a number, ``on_event`` is not callable, ``name``
+            is not a string.
+        ValueError: a timeout is negative or NaN, ``name`` is empty.
+
     Example::
 
         manager = gt.TaskManager(stop_timeout=10)
@@ -319,6 +325,16 @@ class TaskManager:
     def add_task(self, name: str, task: Task, task_type: TaskType = TaskType.STRICT) -> None:
         """Add a task with ``initialize``/``execute``/``cleanup``; only before `run`.
 
+        Tasks initialize in add order, execute concurrently and clean up in reverse
+        add order. Names need not be unique.
+
+        Args:
+            name: a non-empty string, used in errors, events, logs and `status`.
+            task: any object with callable ``initialize(ctx)``, ``execute(ctx)`` and
+                ``cleanup(ctx)`` (see `Task`).
+            task_type: the failure policy (see `TaskType`); the enum's string value
+                (``"strict"``, ...) is accepted too.
+
         Raises:
             TypeError: ``name`` is not a string, ``task`` is None or lacks a callable
                 stage.
@@ -357,6 +373,13 @@ class TaskManager:
         ``execute`` is guaranteed to run and to be waited for before `run` returns.
         Callable from any greenlet and from another OS thread (the work is handed to
         the manager's hub).
+
+        Args:
+            name: a non-empty string, used in errors, events, logs and `status`.
+            task: an object with a callable ``execute(ctx)`` (a full `Task` works; only
+                its ``execute`` is used), or a callable ``fn(ctx)``.
+            task_type: the failure policy (see `ExecuteTaskType`); the enum's string
+                value is accepted too.
 
         Raises:
             TypeError: bad ``name`` or ``task``.
@@ -438,11 +461,23 @@ class TaskManager:
         cancelled (by ``ctx``, a task's policy or `stop`), waits for every execute to
         finish, then cleans up in reverse order. Returns ``[]`` when all went well.
         A ``KeyboardInterrupt`` or ``SystemExit`` raised in a task is recorded,
-        triggers the same orderly shutdown, and is re-raised at the end.
+        triggers the same orderly shutdown, and is re-raised at the end. One thrown
+        into the greenlet that runs `run` (or a ``GreenletExit`` kill of it) acts like
+        `stop` with that exception as the cause; a second one while executes are being
+        waited for kills them at once. While ``run`` waits it keeps the hub alive, so
+        it never gets ``LoopExit`` when every task is idle.
+
+        Args:
+            ctx: the parent of the run context; defaults to `background()`. Its clock
+                measures every timeout and ``status``/event time.
+
+        Returns:
+            The recorded errors in the order they happened, ``[]`` when all went well.
 
         Raises:
             ManagerStateError: the manager is running or has already run.
             TypeError: ``ctx`` is not a `Context`.
+            KeyboardInterrupt, SystemExit: re-raised after shutdown and cleanup.
         """
         if self._phase is not _Phase.NEW:
             msg = f"{_STATE_MESSAGES[self._phase]}; will not run again"
@@ -610,6 +645,9 @@ class TaskManager:
 
         Args:
             cause: becomes ``ctx.cause`` for the tasks and ``stop_reason.error``.
+
+        Raises:
+            TypeError: ``cause`` is neither an exception nor None.
         """
         if cause is not None and not isinstance(cause, BaseException):
             msg = f"cause must be an exception or None, got {cause!r}"
@@ -736,7 +774,16 @@ class TaskManager:
         """Run a stage in a helper greenlet; kill it after ``timeout`` (clock time)."""
         helper = gevent.spawn(_capture, fn, ctx)
         clock = self._clock
-        if self._join_greenlet(helper, clock.now() + timeout):
+        try:
+            finished = self._join_greenlet(helper, clock.now() + timeout)
+        except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt or a kill delivered to run()
+            # As if it had landed inside the stage (it does when there is no timeout):
+            # stop the stage and record the interruption as its error.
+            helper.kill(block=False)
+            with contextlib.suppress(BaseException):
+                self._join_greenlet(helper, clock.now() + timeout)
+            return [exc]
+        if finished:
             return [] if helper.value is None else [helper.value]
         helper.kill(block=False)
         verb = "initialize" if stage is Stage.INITIALIZE else "clean up"
@@ -771,7 +818,11 @@ class TaskManager:
 
     @property
     def stop_reason(self) -> StopReason | None:
-        """Why the run context was cancelled (set once), or None while it is not."""
+        """Why the run context was cancelled (set once), or None while it is not.
+
+        A failed ``initialize`` is a "policy" reason too: ``task_name`` and ``error``
+        name the task and its initialize error.
+        """
         return self._stop_reason
 
     @property
@@ -797,6 +848,15 @@ class TaskManager:
 
         Callbacks run synchronously where the event happens (possibly in the hub) and
         must not block; one that raises is logged and otherwise ignored.
+
+        Args:
+            callback: called as ``callback(event)``.
+
+        Returns:
+            ``unsubscribe()``: stops the deliveries (idempotent).
+
+        Raises:
+            TypeError: ``callback`` is not callable.
         """
         if not callable(callback):
             msg = f"callback must be callable, got {callback!r}"

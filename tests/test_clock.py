@@ -69,7 +69,12 @@ def test_timers_fire_in_deadline_order() -> None:
     order: list[int] = []
     done = Event()
     now = REAL_CLOCK.now()
-    REAL_CLOCK.call_at(now + 0.03, lambda: (order.append(3), done.set()))
+
+    def last() -> None:
+        order.append(3)
+        done.set()
+
+    REAL_CLOCK.call_at(now + 0.03, last)
     REAL_CLOCK.call_at(now + 0.01, order.append, 1)
     REAL_CLOCK.call_at(now + 0.02, order.append, 2)
     with gevent.Timeout(5):
@@ -157,7 +162,12 @@ def test_a_timer_woken_before_its_monotonic_deadline_re_arms(monkeypatch: pytest
     monkeypatch.setattr(_clock._LoopTimer, "_arm", counting_arm)
     fired = Event()
     seen: list[float] = []
-    REAL_CLOCK.call_at(1000.01, lambda: (seen.append(stuck.now), fired.set()))
+
+    def callback() -> None:
+        seen.append(stuck.now)
+        fired.set()
+
+    REAL_CLOCK.call_at(1000.01, callback)
     with gevent.Timeout(5):
         fired.wait()
     assert arms == [1000.0, 1000.0]  # armed, woke early, re-armed

@@ -43,6 +43,11 @@ def hub_printed(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[Any, ...
     assert printed == [], f"the hub printed errors: {printed!r}"
 
 
+def waitables(*objects: Any) -> list[Any]:
+    """A mixed list for gevent.wait / iwait (the stubs want one element type)."""
+    return list(objects)
+
+
 def tb_depth(exc: BaseException) -> int:
     depth, tb = 0, exc.__traceback__
     while tb is not None:
@@ -67,12 +72,16 @@ def test_deadline_exceeded_subclasses_cancelled() -> None:
 def test_except_exception_does_not_swallow_cancelled() -> None:
     ctx, cancel = gt.with_cancel(gt.background())
     cancel()
-    swallowed = []
-    with pytest.raises(Cancelled) as info:
+    swallowed: list[Exception] = []
+
+    def checkpoint() -> None:
         try:
             ctx.check()
         except Exception as exc:  # the point: this must not catch it
             swallowed.append(exc)
+
+    with pytest.raises(Cancelled) as info:
+        checkpoint()
     assert swallowed == []
     assert info.value is ctx.err
 
@@ -285,8 +294,13 @@ def test_cancel_hook_runs_synchronously_once_after_every_flag_is_set() -> None:
 def test_a_failing_cancel_hook_is_logged_and_cancellation_completes(caplog: pytest.LogCaptureFixture) -> None:
     parent, cancel = gt.with_cancel(gt.background())
     child, _ = gt.with_cancel(parent)
-    assert parent._state is not None and child._state is not None
-    parent._state.hook = lambda: 1 / 0  # type: ignore[func-returns-value, return-value]
+    assert parent._state is not None
+    assert child._state is not None
+
+    def failing_hook() -> None:
+        raise ZeroDivisionError("hook")
+
+    parent._state.hook = failing_hook
     ran = []
     child._state.hook = lambda: ran.append(True)
     with caplog.at_level(logging.ERROR, logger="greentask"):
@@ -544,8 +558,8 @@ def test_sleep_on_a_cancelled_context_returns_false_at_once(clock: FakeClock) ->
 
 def test_sleep_zero_yields_and_returns_true() -> None:
     ctx, cancel = gt.with_cancel(gt.background())
-    other_ran = []
-    gevent.spawn(other_ran.append, True)
+    other_ran: list[bool] = []
+    gevent.spawn(lambda: other_ran.append(True))
     assert ctx.sleep(0) is True
     assert other_ran == [True]  # it yielded to the other greenlet
     cancel()
@@ -590,7 +604,7 @@ def test_sleep_infinite_is_woken_by_cancel(clock: FakeClock) -> None:
 
 def test_check_returns_while_active_and_raises_err_once_cancelled() -> None:
     ctx, cancel = gt.with_cancel(gt.background())
-    assert ctx.check() is None
+    ctx.check()  # returns
     cancel()
     with pytest.raises(Cancelled) as info:
         ctx.check()
@@ -691,7 +705,7 @@ def test_on_cancel_functions_run_in_registration_order() -> None:
     ctx, cancel = gt.with_cancel(gt.background())
     runs: list[int] = []
     for i in range(5):
-        ctx.on_cancel(lambda i=i: runs.append(i))
+        ctx.on_cancel(lambda i=i: runs.append(i))  # type: ignore[misc]
     cancel()
     settle()
     assert runs == [0, 1, 2, 3, 4]
@@ -733,7 +747,7 @@ def test_gevent_wait_returns_ctx_once_cancelled() -> None:
     event = Event()
     gevent.spawn(cancel)
     with gevent.Timeout(5):
-        ready = gevent.wait([ctx, event], count=1)
+        ready = gevent.wait(waitables(ctx, event), count=1)
     assert ready == [ctx]
     assert not event.is_set()
     assert ctx._state is not None
@@ -752,7 +766,7 @@ def test_gevent_wait_with_event_first_returns_the_event_and_unlinks_ctx() -> Non
     event = Event()
     gevent.spawn(event.set)
     with gevent.Timeout(5):
-        ready = gevent.wait([ctx, event], count=1)
+        ready = gevent.wait(waitables(ctx, event), count=1)
     assert ready == [event]
     assert ctx._state is not None
     assert not ctx._state.callbacks
@@ -774,7 +788,7 @@ def test_gevent_wait_with_a_greenlet_and_ctx() -> None:
     blocked = gevent.spawn(Event().wait)
     gevent.spawn(cancel)
     with gevent.Timeout(5):
-        assert gevent.wait([blocked, ctx], count=1) == [ctx]
+        assert gevent.wait(waitables(blocked, ctx), count=1) == [ctx]
     blocked.kill()
 
 
@@ -782,7 +796,7 @@ def test_gevent_iwait_yields_ctx_once_cancelled() -> None:
     ctx, cancel = gt.with_cancel(gt.background())
     event = Event()
     gevent.spawn(cancel)
-    with gevent.Timeout(5), gevent.iwait([event, ctx]) as it:
+    with gevent.Timeout(5), gevent.iwait(waitables(event, ctx)) as it:
         first = next(iter(it))
     assert first is ctx
     event.set()
@@ -799,7 +813,7 @@ def test_gevent_iwait_yields_both_in_readiness_order() -> None:
 
     gevent.spawn(later)
     with gevent.Timeout(5):
-        assert list(gevent.iwait([ctx, event])) == [event, ctx]
+        assert list(gevent.iwait(waitables(ctx, event))) == [event, ctx]
 
 
 def test_rawlink_calls_back_once_in_the_hub_with_the_context() -> None:
@@ -960,3 +974,100 @@ def test_a_rejected_cancel_cause_does_not_cancel() -> None:
 def test_context_is_exported_and_typed() -> None:
     assert gt.Context is Context
     assert isinstance(gt.background(), Context)
+
+
+def test_stop_from_a_greenlet_woken_by_the_same_cancellation_still_prevents_fn() -> None:
+    # The waiter was registered first, so it runs first; before the hub reaches the
+    # on_cancel entry, the woken greenlet unregisters it.
+    ctx, cancel = gt.with_cancel(gt.background())
+    runs: list[int] = []
+    stopped: list[bool] = []
+    stop_box: list[Callable[[], bool]] = []
+
+    def waiter() -> None:
+        ctx.wait()
+        stopped.append(stop_box[0]())
+
+    g = gevent.spawn(waiter)
+    settle()
+    stop_box.append(ctx.on_cancel(lambda: runs.append(1)))
+    cancel()
+    with gevent.Timeout(5):
+        g.get()
+    settle()
+    assert stopped == [True]
+    assert runs == []
+
+
+class _LeakyTimer:
+    def cancel(self) -> None:
+        """A timer handle that ignores cancel (a careless third-party clock)."""
+
+
+class _LeakyClock:
+    """A clock whose timers cannot be cancelled: a deadline may fire after a cancel."""
+
+    def __init__(self, inner: FakeClock) -> None:
+        self.inner = inner
+
+    def now(self) -> float:
+        return self.inner.now()
+
+    def call_at(self, when: float, callback: Callable[..., Any], *args: Any) -> _LeakyTimer:
+        self.inner.call_at(when, callback, *args)
+        return _LeakyTimer()
+
+
+def test_a_deadline_firing_after_cancel_changes_nothing(clock: FakeClock) -> None:
+    ctx, cancel = gt.with_timeout(gt.background(_LeakyClock(clock)), 5)
+    runs: list[int] = []
+    ctx.on_cancel(lambda: runs.append(1))
+    cause = ValueError("first")
+    cancel(cause)
+    err = ctx.err
+    clock.advance(10)  # the uncancellable timer fires now
+    assert ctx.err is err
+    assert type(err) is Cancelled
+    assert ctx.cause is cause
+    assert runs == [1]
+
+
+def test_rawlink_with_an_equal_fresh_bound_method_can_be_unlinked() -> None:
+    class Receiver:
+        def __init__(self) -> None:
+            self.calls: list[Any] = []
+
+        def on_ready(self, ctx: Any) -> None:
+            self.calls.append(ctx)
+
+    ctx, cancel = gt.with_cancel(gt.background())
+    receiver = Receiver()
+    ctx.rawlink(receiver.on_ready)
+    ctx.unlink(receiver.on_ready)  # a new bound-method object, equal to the first
+    cancel()
+    settle()
+    assert receiver.calls == []
+
+
+def test_rawlink_accepts_an_unhashable_callback() -> None:
+    class Unhashable:
+        __hash__ = None  # type: ignore[assignment]
+
+        def __init__(self) -> None:
+            self.calls: list[Any] = []
+
+        def __eq__(self, other: object) -> bool:
+            return other is self
+
+        def __call__(self, ctx: Any) -> None:
+            self.calls.append(ctx)
+
+    ctx, cancel = gt.with_cancel(gt.background())
+    kept, dropped = Unhashable(), Unhashable()
+    ctx.rawlink(kept)
+    ctx.rawlink(dropped)
+    ctx.unlink(dropped)
+    cancel()
+    settle()
+    assert kept.calls == [ctx]
+    assert dropped.calls == []

@@ -346,6 +346,7 @@ def test_normal_exit_is_not_counted_and_unregisters() -> None:
         assert ctx._state.callbacks is not None
         assert len(ctx._state.callbacks) == 1
     assert not scope.cancelled_caught
+    assert ctx._state is not None
     assert not ctx._state.callbacks
     cancel()
 

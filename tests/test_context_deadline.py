@@ -207,7 +207,7 @@ def test_timers_fire_in_deadline_order(clock: FakeClock) -> None:
     order: list[str] = []
     for name, seconds in (("c", 3), ("a", 1), ("b", 2)):
         ctx, _ = gt.with_timeout(root, seconds)
-        ctx.rawlink(lambda _ctx, name=name: order.append(name))
+        ctx.rawlink(lambda _ctx, name=name: order.append(name))  # type: ignore[misc]
     clock.advance(3)
     assert order == ["a", "b", "c"]
 

@@ -152,9 +152,7 @@ def run_model(clock: FakeClock, ops: list[tuple[Any, ...]]) -> None:
             else:
                 when = clock.now() + seconds
                 inherited = parent.expected_deadline()
-                has_timer = (
-                    (inherited is None or when < inherited) and when > clock.now() and not parent.ctx.cancelled
-                )
+                has_timer = (inherited is None or when < inherited) and when > clock.now() and not parent.ctx.cancelled
                 if kind == "timeout":
                     ctx, cancel_fn = gt.with_timeout(parent.ctx, seconds)
                 else:

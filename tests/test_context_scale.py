@@ -32,6 +32,13 @@ def hub_printed(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[Any, ...
     assert printed == [], f"the hub printed errors: {printed!r}"
 
 
+def wait_until_parked(ctx: gt.Context, n: int) -> None:
+    """Bounded poll until ``n`` greenlets wait on ``ctx`` (settle() may give up on a 10k burst)."""
+    with gevent.Timeout(30):
+        while ctx._state is None or len(ctx._state.callbacks or ()) < n:
+            gevent.idle()
+
+
 def children_of(ctx: gt.Context) -> int:
     assert ctx._state is not None
     return len(ctx._state.children or ())
@@ -137,7 +144,7 @@ def test_many_waiters_on_one_shared_context_can_all_be_killed() -> None:
     # per-context waiter dict makes each removal O(1).
     ctx, cancel = gt.with_cancel(gt.background())
     waiters = [gevent.spawn(ctx.wait) for _ in range(N_WAITERS)]
-    settle()
+    wait_until_parked(ctx, N_WAITERS)
     assert ctx._state is not None
     assert ctx._state.callbacks is not None
     assert len(ctx._state.callbacks) == N_WAITERS
@@ -153,7 +160,7 @@ def test_many_waiters_on_one_shared_context_can_all_be_killed() -> None:
 def test_cancel_wakes_every_waiter_on_one_shared_context() -> None:
     ctx, cancel = gt.with_cancel(gt.background())
     waiters = [gevent.spawn(ctx.wait) for _ in range(N_WAITERS)]
-    settle()
+    wait_until_parked(ctx, N_WAITERS)
     cancel()
     with gevent.Timeout(60):
         gevent.joinall(waiters, raise_error=True)
@@ -166,7 +173,8 @@ def test_cancel_of_a_parent_wakes_waiters_on_many_children() -> None:
     parent, cancel = gt.with_cancel(gt.background())
     children = [gt.with_cancel(parent)[0] for _ in range(2_000)]
     waiters = [gevent.spawn(child.wait) for child in children]
-    settle()
+    for child in children:
+        wait_until_parked(child, 1)
     cancel()
     with gevent.Timeout(60):
         gevent.joinall(waiters, raise_error=True)

@@ -116,7 +116,7 @@ def test_named_error_needs_exactly_one_task_type(
 )
 def test_named_error_bad_fields(args: tuple[object, ...], message: str) -> None:
     with pytest.raises(TypeError) as info:
-        NamedError(*args, task_type=TaskType.STRICT)  # type: ignore[arg-type]
+        NamedError(*args, task_type=TaskType.STRICT)  # type: ignore[arg-type, misc]
     assert str(info.value) == message
 
 

@@ -78,7 +78,7 @@ def test_bad_on_event() -> None:
 
 def test_options_are_keyword_only() -> None:
     with pytest.raises(TypeError):
-        gt.TaskManager(1.0)  # type: ignore[misc]
+        gt.TaskManager(1.0)  # type: ignore[call-arg]
 
 
 # -- add_task -----------------------------------------------------------------------

@@ -265,9 +265,16 @@ def test_many_tasks_added_before_during_and_concurrently_with_cancellation_all_f
     settle()
     assert manager.phase == "executing"
     racing = [gevent.spawn(adder, f"racing{index}", index % 7) for index in range(100)]
-    stopper = gevent.spawn(lambda: (gevent.idle(), gevent.idle(), gevent.idle(), manager.stop()))
+
+    def stop_soon() -> None:
+        for _ in range(3):
+            gevent.idle()
+        manager.stop()
+
+    stopper = gevent.spawn(stop_soon)
     with gevent.Timeout(5):
-        gevent.joinall([*adders, *racing, stopper], raise_error=True)
+        everyone: list[gevent.Greenlet[..., None]] = [*adders, *racing, stopper]
+        gevent.joinall(everyone, raise_error=True)
     errors, done_at_return = finish(runner)
     assert errors == []
     added = {name for name, outcome in outcomes.items() if outcome == "added"}
@@ -327,8 +334,11 @@ def race_once(rng: random.Random) -> None:
 
     runner = gevent.spawn(run_and_snapshot)
     settle()
-    greenlets = [gevent.spawn(add, f"t{i}", rng.randint(0, 3)) for i in range(rng.randint(1, 6))]
-    greenlets.insert(rng.randint(0, len(greenlets)), gevent.spawn(stop, rng.randint(0, 3)))
+    greenlets: list[gevent.Greenlet[..., None]] = [
+        gevent.spawn(add, f"t{i}", rng.randint(0, 3)) for i in range(rng.randint(1, 6))
+    ]
+    stopper: gevent.Greenlet[..., None] = gevent.spawn(stop, rng.randint(0, 3))
+    greenlets.insert(rng.randint(0, len(greenlets)), stopper)
     with gevent.Timeout(5):
         gevent.joinall(greenlets, raise_error=True)
     errors, done_at_return = finish(runner)

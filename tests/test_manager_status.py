@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from types import TracebackType
 from typing import Any
 
 import gevent
@@ -445,7 +446,12 @@ def test_stop_reason_is_set_once(caplog: pytest.LogCaptureFixture) -> None:
     boom = ValueError("first")
     manager = gt.TaskManager()
     manager.add_task("a", FakeTask(execute=boom))
-    manager.add_task("b", FakeTask(execute=lambda ctx: (ctx.wait(), manager.stop(KeyError("late")))))
+
+    def stop_late(ctx: gt.Context) -> None:
+        ctx.wait()
+        manager.stop(KeyError("late"))
+
+    manager.add_task("b", FakeTask(execute=stop_late))
     with caplog.at_level(logging.INFO, logger="greentask"):
         assert len(run(manager)) == 1
     assert manager.stop_reason == StopReason("policy", "a", boom)
@@ -484,7 +490,7 @@ def test_recorded_errors_keep_their_traceback() -> None:
     [error] = run(manager)
     assert error.error.__traceback__ is not None
     frames = []
-    tb = error.error.__traceback__
+    tb: TracebackType | None = error.error.__traceback__
     while tb is not None:
         frames.append(tb.tb_frame.f_code.co_name)
         tb = tb.tb_next

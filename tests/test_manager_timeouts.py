@@ -79,9 +79,10 @@ def test_stop_timeout_kills_a_task_that_ignores_cancellation(clock: FakeClock, k
     manager = gt.TaskManager(stop_timeout=5)
     polite = FakeTask.blocking()
     manager.add_task("polite", polite)
+    stubborn: FakeExecuteTask
     if kind == "task":
-        stubborn: FakeExecuteTask = FakeTask(execute=ignore_cancellation)
-        manager.add_task("stubborn", stubborn)
+        stubborn = full = FakeTask(execute=ignore_cancellation)
+        manager.add_task("stubborn", full)
     else:
         stubborn = FakeExecuteTask(execute=ignore_cancellation)
         manager.add_execute_task("stubborn", stubborn)
@@ -457,3 +458,47 @@ def test_errors_under_timeouts_are_never_printed_by_the_hub(
     ]
     assert hub_errors == []
     assert capsys.readouterr().err == ""
+
+
+# -- interruptions of run() while a stage runs under a timeout ----------------------
+
+
+@pytest.mark.parametrize("stage", ["initialize", "cleanup"])
+def test_keyboard_interrupt_while_a_timed_stage_runs_is_that_stages_error(clock: FakeClock, stage: str) -> None:
+    """Without a timeout the interrupt lands inside the stage; with one it must not skip cleanup."""
+    log = CallLog()
+    entered = Event()
+    killed: list[bool] = []
+
+    def hang(ctx: gt.Context) -> None:
+        entered.set()
+        try:
+            Event().wait()
+        except GreenletExit:
+            killed.append(True)
+            raise
+
+    timeouts = {"initialize_timeout": 10} if stage == "initialize" else {"cleanup_timeout": 10}
+    manager = gt.TaskManager(**timeouts)  # type: ignore[arg-type]
+    manager.add_task("a", FakeTask("a", log=log, execute=None), TaskType.STOP_GROUP)
+    manager.add_task("b", FakeTask("b", log=log, execute=None, **{stage: hang}), TaskType.STOP_GROUP)
+    manager.add_task("c", FakeTask("c", log=log, execute=None), TaskType.STOP_GROUP)
+    main = gevent.getcurrent()
+
+    def interrupt() -> None:
+        entered.wait()
+        settle()
+        get_hub().loop.run_callback(main.throw, KeyboardInterrupt("ctrl-c"))
+
+    helper = gevent.spawn(interrupt)
+    with gevent.Timeout(5), pytest.raises(KeyboardInterrupt, match="ctrl-c"):
+        manager.run(gt.background(clock))
+    helper.get()
+    assert killed == [True]
+    if stage == "initialize":
+        assert log.calls == [("a", INIT), ("b", INIT), ("b", C), ("a", C)]
+    else:
+        assert [call for call in log.calls if call[1] is C] == [("c", C), ("b", C), ("a", C)]
+    status = {s.name: s for s in manager.status()}
+    assert isinstance(status["b"].error, KeyboardInterrupt)
+    assert status["a"].state is TaskState.DONE

@@ -171,7 +171,7 @@ class HealthServer:
         elif path == "/readyz":
             code, body, content_type = *self._readyz(), "text/plain"
         elif path == "/status":
-            code, body, content_type = 200, json.dumps(self.status_json()) + "\n", "application/json"
+            code, body, content_type = 200, json.dumps(self._status_json()) + "\n", "application/json"
         else:
             code, body, content_type = 404, f"not found: {path}; try /livez, /readyz or /status\n", "text/plain"
         data = body.encode("utf-8")
@@ -206,8 +206,8 @@ class HealthServer:
             return 503, f"not ready: task {', task '.join(waiting)}\n"
         return 200, "ready\n"
 
-    def status_json(self) -> dict[str, Any]:
-        """The ``/status`` document, as a dict (see the class docstring)."""
+    def _status_json(self) -> dict[str, Any]:
+        """The ``/status`` document (see the class docstring)."""
         manager = self._manager
         reason = manager.stop_reason
         return {

@@ -19,7 +19,7 @@ import math
 import weakref
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 from gevent import getcurrent
@@ -27,6 +27,9 @@ from gevent.event import Event
 from gevent.hub import get_hub
 
 from ._settle import QUIET_TURNS, park_and_count, settle
+
+if TYPE_CHECKING:
+    from .._clock import Clock
 
 __all__ = ["FakeClock"]
 
@@ -356,3 +359,9 @@ def _autojump_loop(ref: weakref.ref[FakeClock], wakeup: Event) -> None:
             quiet_turns = 0
             clock._jump()
         del clock
+
+
+if TYPE_CHECKING:
+
+    def _fake_clock_is_a_clock(clock: FakeClock) -> Clock:
+        return clock  # mypy checks that FakeClock satisfies the Clock protocol

@@ -65,7 +65,9 @@ class TaskHarness:
     in a new greenlet; `wait` joins it.
 
     As a context manager (``with TaskHarness(task) as h:``) it always cancels the task
-    and joins its greenlet on exit (see `close`). It does not call ``cleanup``.
+    and joins its greenlet on exit (see `close`; the wait is bounded by the
+    ``close_timeout`` attribute, 5 real seconds by default). It does not call
+    ``cleanup``.
 
     Args:
         task: the task under test.
@@ -123,6 +125,8 @@ class TaskHarness:
         self._result: object = None
         self._error: BaseException | None = None
         self._killed = False
+        #: Real seconds the ``with`` block's exit gives a cancelled task (see `close`).
+        self.close_timeout: float = DEFAULT_CLOSE_TIMEOUT
 
     # -- what the test looks at ---------------------------------------------------
 
@@ -255,19 +259,20 @@ class TaskHarness:
             return None
         return self._cleanup(without_cancel(self._ctx))
 
-    def close(self, timeout: float = DEFAULT_CLOSE_TIMEOUT) -> None:
+    def close(self, timeout: float | None = None) -> None:
         """Cancel the task and join its greenlet; kill it if it does not stop in time.
 
         Does not raise the task's error (read `error`), and does not call ``cleanup``.
 
         Args:
-            timeout: the most real seconds to wait after cancelling.
+            timeout: the most real seconds to wait after cancelling (default: the
+                ``close_timeout`` attribute, 5.0).
 
         Raises:
             TimeoutError: ``execute`` ignored cancellation for ``timeout`` seconds; it
                 has been killed (or, if it refused even that, abandoned).
         """
-        timeout_s = check_timeout("timeout", timeout)
+        timeout_s = check_timeout("timeout", self.close_timeout if timeout is None else timeout)
         self.cancel()
         glet = self._greenlet
         if glet is None or glet.dead:

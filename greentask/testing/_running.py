@@ -26,13 +26,15 @@ logger = logging.getLogger("greentask")
 class RunningManager:
     """A `TaskManager` running in a background greenlet; made by `start_manager`.
 
-    As a context manager it stops the manager and waits for `run` to return on exit
-    (raising `TimeoutError` if that takes more than 5 real seconds).
+    As a context manager it stops the manager and waits for `run` to return on exit,
+    raising `TimeoutError` if that takes more than ``close_timeout`` real seconds
+    (default 5.0).
 
     Attributes:
         manager: the manager being run.
         greenlet: the greenlet calling ``manager.run(ctx)``.
         events: every `ManagerEvent` the manager emitted so far, in order.
+        close_timeout: real seconds the ``with`` block's exit waits (default 5.0).
     """
 
     def __init__(self, manager: TaskManager, ctx: Context | None) -> None:
@@ -44,6 +46,7 @@ class RunningManager:
         self._pending_stop: list[BaseException | None] = []
         self._errors: list[NamedError] | None = None
         self._raised: BaseException | None = None
+        self.close_timeout: float = DEFAULT_CLOSE_TIMEOUT
         self._unsubscribe = manager.subscribe(self._on_event)
         self.greenlet: gevent.Greenlet[..., Any] = gevent.Greenlet(self._run, ctx)
         self.greenlet.name = f"start_manager({manager.name!r})"
@@ -150,7 +153,7 @@ class RunningManager:
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         self.stop()
         try:
-            self.wait(DEFAULT_CLOSE_TIMEOUT)
+            self.wait(self.close_timeout)
         except TimeoutError:
             if exc is None:
                 raise

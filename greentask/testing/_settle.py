@@ -20,15 +20,18 @@ the process never goes idle, and `settle` gives up, with a warning on the
 Greenlets flagged with a true ``_greentask_internal`` attribute (the `FakeClock`
 autojump helper) are not counted: a helper that idles in a loop must not keep the
 process looking busy.
+
+The hook and the count serve one thread's hub (greenlet trace hooks are per thread):
+use `settle`, `FakeClock` and the leak check from one thread at a time.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
-import gevent
 import greenlet
 from gevent import getcurrent
 from gevent.hub import Waiter, get_hub
@@ -51,34 +54,51 @@ def is_internal(glet: object) -> bool:
 
 
 class _Activity:
-    """A process-wide count of switches into non-hub, non-internal greenlets, while watched."""
+    """A process-wide count of switches into non-hub, non-internal greenlets, while watched.
+
+    It also tells ``first_run_observers`` (the leak check) about every greenlet that
+    starts running: the trace function is then the only Python frame on the new
+    greenlet's stack.
+    """
 
     def __init__(self) -> None:
         self.switches = 0
+        self.first_run_observers: list[Callable[[Any], object]] = []
         self._watchers = 0
+        self._installed = False
         self._previous: Any = None
         self._hub: Any = None
 
     def __enter__(self) -> _Activity:
         if self._watchers == 0:
             self._hub = get_hub()
-            self._previous = greenlet.gettrace()
-            greenlet.settrace(self._trace)
+            current = greenlet.gettrace()
+            # A foreign hook on top of ours (installed while we watched) chains to ours:
+            # leave it. Otherwise (no hook, or ours was removed) install ours.
+            if current != self._trace and (current is None or not self._installed):
+                self._previous = current
+                greenlet.settrace(self._trace)
+                self._installed = True
         self._watchers += 1
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._watchers -= 1
-        if self._watchers == 0:
+        # Uninstall only if nobody installed a hook on top of ours meanwhile (a hook
+        # that chains to ours would otherwise lose it); ours then just keeps chaining.
+        if self._watchers == 0 and greenlet.gettrace() == self._trace:
             greenlet.settrace(self._previous)
             self._previous = None
-            self._hub = None
+            self._installed = False
 
     def _trace(self, event: str, args: Any) -> None:
         if event in ("switch", "throw"):
             target = args[1]
             if target is not self._hub and not is_internal(target):
                 self.switches += 1
+                if self.first_run_observers and sys._getframe().f_back is None:
+                    for observer in self.first_run_observers:
+                        observer(target)
         previous = self._previous
         if previous is not None:
             previous(event, args)
@@ -103,7 +123,7 @@ def _park_idle() -> bool:
     timer = loop.timer(STARVED_AFTER)
     waiter: Any = Waiter()
     idle.start(waiter.switch, False)
-    timer.start(waiter.switch, True)
+    timer.start(waiter.switch, True, update=True)  # measured from now, not the loop's cached time
     try:
         return bool(waiter.get())
     finally:
@@ -115,8 +135,8 @@ def settle(max_rounds: int = 10_000) -> None:
     """Run every runnable greenlet until none is left runnable.
 
     Returns once two turns of the event loop in a row ran no other greenlet: every
-    greenlet is then blocked (on an event, a lock, I/O, a real-time sleep or a `FakeClock`
-    timer). Loop callbacks, ready I/O, expired real timers and greenlets parked in
+    greenlet is then blocked (on an event, a lock, I/O, a real-time sleep or a
+    `FakeClock` timer). Loop callbacks, ready I/O, expired real timers and greenlets parked in
     ``gevent.idle()`` all count as runnable, so they run before `settle` returns.
     Gives up after ``max_rounds`` turns (a greenlet looping in ``gevent.idle()``
     forever), or when the loop has not gone idle for a few turns of 10 ms (a greenlet

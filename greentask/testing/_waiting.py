@@ -67,8 +67,8 @@ def eventually(predicate: Callable[[], T], timeout: float = 5.0, interval: float
 
     Checks at once, then every ``interval`` real seconds, yielding to the hub in
     between, so other greenlets make progress. An exception raised by the predicate
-    (an ``assert`` inside it, say) counts as "not yet". The last check happens at or
-    after the deadline, so a predicate is always checked at least once.
+    (an ``assert`` inside it, say) counts as "not yet". It gives up only after a check
+    that began at or after the deadline, so even ``timeout=0`` checks once.
 
     Args:
         predicate: a callable taking no arguments.
@@ -98,6 +98,7 @@ def eventually(predicate: Callable[[], T], timeout: float = 5.0, interval: float
     last_error: Exception | None = None
     while True:
         checks += 1
+        started = time.monotonic()
         try:
             value = predicate()
         except Exception as exc:  # noqa: BLE001 - "not yet"; reported on failure
@@ -106,10 +107,9 @@ def eventually(predicate: Callable[[], T], timeout: float = 5.0, interval: float
             if value:
                 return value
             last_value, last_error = value, None
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        if started >= deadline:
             break
-        _pause(min(interval, remaining))
+        _pause(min(interval, max(0.0, deadline - time.monotonic())))
     outcome = f"last raised {last_error!r}" if last_error is not None else f"last returned {last_value!r}"
     msg = f"eventually: {describe(predicate)} was not true within {timeout}s ({checks} checks); {outcome}"
     raise AssertionError(msg) from last_error
@@ -119,8 +119,8 @@ def consistently(predicate: Callable[[], object], duration: float = 0.1, interva
     """Check that ``predicate()`` stays true for ``duration`` real seconds.
 
     Checks at once, then every ``interval`` real seconds (yielding to the hub in
-    between), and a last time once ``duration`` has passed. Fails at the first false
-    value or exception.
+    between), and a last time once ``duration`` has passed (so at least twice when
+    ``duration`` is positive). Fails at the first false value or exception.
 
     Args:
         predicate: a callable taking no arguments.
@@ -146,6 +146,7 @@ def consistently(predicate: Callable[[], object], duration: float = 0.1, interva
     checks = 0
     while True:
         checks += 1
+        started = time.monotonic()
         try:
             value = predicate()
         except Exception as exc:
@@ -156,7 +157,6 @@ def consistently(predicate: Callable[[], object], duration: float = 0.1, interva
             elapsed = time.monotonic() - start
             msg = f"consistently: {describe(predicate)} returned {value!r} after {elapsed:.3f}s (check {checks})"
             raise AssertionError(msg)
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        if started >= deadline:
             return
-        _pause(min(interval, remaining))
+        _pause(min(interval, max(0.0, deadline - time.monotonic())))

@@ -10,15 +10,18 @@ do not ask for it. It provides:
   (a task that ignores cancellation for 5 s is killed and fails the test);
 - the ``greentask`` marker, and the ini option ``greentask_leak_check`` (bool,
   default false);
-- a leak check: the test fails (an error at teardown) when it left a gevent greenlet
-  running (such greenlets are then killed), or when gevent's hub reported an error
+- a leak check: the test fails (an error at its teardown, after every function-scoped
+  fixture was torn down) when it left running a gevent greenlet that started during
+  the test (such greenlets are then killed), or when gevent's hub reported an error
   during it (a "Greenlet failed" traceback, a failing loop callback). It is on for
   tests that use a greentask fixture or carry the ``greentask`` marker, and for every
   test when ``greentask_leak_check = true``; ``@pytest.mark.greentask(leak_check=False)``
-  turns it off for one test.
+  turns it off for one test. See `greentask.testing._leaks` for how it works.
 
-The module imports only pytest at import time and monkey-patches nothing; the hub's
-error reporting is wrapped only for the duration of a checked test.
+The module itself imports only pytest; reaching it imports the ``greentask`` package
+(and so gevent), which monkey-patches nothing. Nothing is patched or installed for a
+test that is not checked; for a checked one, the hub's error reporting is wrapped and
+a greenlet trace hook installed for the test's duration only.
 """
 
 from __future__ import annotations
@@ -60,13 +63,31 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+def _uses_greentask_fixture(request: pytest.FixtureRequest) -> bool:
+    """Whether the test uses this plugin's fixtures (not same-named fixtures of its own)."""
+    names = _FIXTURES.intersection(request.fixturenames)
+    if not names:
+        return False
+    name2defs = getattr(getattr(request.node, "_fixtureinfo", None), "name2fixturedefs", None)
+    if name2defs is None:  # pytest internals changed: go by the name
+        return True
+    for name in names:
+        defs = name2defs.get(name)
+        if not defs:
+            return True
+        # Ours, or an override that builds on ours (it requests the same name).
+        if getattr(defs[-1].func, "__module__", None) == __name__ or name in defs[-1].argnames:
+            return True
+    return False
+
+
 def _leak_check_enabled(request: pytest.FixtureRequest) -> bool:
     marker = request.node.get_closest_marker(MARKER)
     if marker is not None:
         return bool(marker.kwargs.get("leak_check", True))
     if request.config.getini(LEAK_CHECK_INI):
         return True
-    return not _FIXTURES.isdisjoint(request.fixturenames)
+    return _uses_greentask_fixture(request)
 
 
 @pytest.fixture(autouse=True)

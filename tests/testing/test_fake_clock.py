@@ -357,3 +357,25 @@ def test_autojump_helper_exits_once_the_clock_is_garbage_collected():
     assert ref() is None
     jumper.join(timeout=5)
     assert jumper.dead
+
+
+def test_autojump_can_be_turned_off_from_the_hub():
+    clock = FakeClock(autojump_threshold=60)
+    clock.call_at(1, lambda: None)
+    jumper = clock._jumper
+    settle()
+    gevent.get_hub().loop.run_callback(setattr, clock, "autojump_threshold", None)
+    jumper.join(timeout=5)
+    assert jumper.dead
+    assert clock.now() == 0
+
+
+def test_autojump_helper_sleeping_through_the_threshold_exits_once_the_clock_is_gone():
+    clock = FakeClock(autojump_threshold=0.05)
+    clock.call_at(3600, lambda: None)
+    jumper = clock._jumper
+    settle()  # the helper is now sleeping through its threshold
+    del clock
+    gc.collect()
+    jumper.join(timeout=5)
+    assert jumper.dead

@@ -140,7 +140,7 @@ def test_settle_cannot_be_called_from_the_hub():
 
 
 def test_settle_validates_max_rounds():
-    with pytest.raises(TypeError, match="max_rounds must be an int, got 1.5"):
+    with pytest.raises(TypeError, match=r"max_rounds must be an int, got 1\.5"):
         settle(max_rounds=1.5)
     with pytest.raises(ValueError, match="max_rounds must be a positive int, got 0"):
         settle(max_rounds=0)
@@ -158,3 +158,34 @@ def test_settle_chains_to_a_previously_installed_greenlet_trace():
     finally:
         greenlet.settrace(previous)
     assert "switch" in events
+
+
+def test_a_trace_hook_installed_on_top_while_settling_is_left_in_place():
+    import greenlet
+
+    from greentask.testing._settle import ACTIVITY
+
+    seen = []
+    previous = greenlet.gettrace()
+    with ACTIVITY:
+        below = greenlet.gettrace()
+
+        def chained(event, args):
+            seen.append(event)
+            below(event, args)
+
+        greenlet.settrace(chained)
+    try:
+        assert greenlet.gettrace() is chained
+        gevent.spawn(lambda: None)
+        settle()
+        assert "switch" in seen
+        assert greenlet.gettrace() is chained
+    finally:
+        greenlet.settrace(previous)
+    # Once every hook is gone, settle installs its own again.
+    hooks = []
+    gevent.spawn(lambda: hooks.append(greenlet.gettrace()))
+    settle()
+    assert hooks == [ACTIVITY._trace]
+    assert greenlet.gettrace() is previous
