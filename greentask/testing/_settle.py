@@ -13,7 +13,7 @@ watchers do not undo each other).
 
 A greenlet in a ``gevent.sleep(0)`` loop keeps loop callbacks pending forever, so idle
 watchers never run (SPEC §8). Each park is therefore also bounded by a short real
-timer (timers still run, late); a few turns in a row that only that timer ended mean
+timer (timers still run, late); about a second of turns that only that timer ended means
 the process never goes idle, and `settle` gives up, with a warning on the
 ``greentask`` logger.
 
@@ -44,8 +44,9 @@ logger = logging.getLogger("greentask")
 QUIET_TURNS = 2
 #: Real seconds after which a park ends even though the loop never went idle.
 STARVED_AFTER = 0.01
-#: How many starved turns in a row make `settle` give up.
-STARVED_TURNS = 3
+#: How many starved turns in a row make `settle` give up (about a second: a burst of
+#: real work, such as 10,000 greenlets starting, must not be mistaken for a busy loop).
+STARVED_TURNS = 100
 
 
 def is_internal(glet: object) -> bool:
@@ -139,7 +140,7 @@ def settle(max_rounds: int = 10_000) -> None:
     `FakeClock` timer). Loop callbacks, ready I/O, expired real timers and greenlets parked in
     ``gevent.idle()`` all count as runnable, so they run before `settle` returns.
     Gives up after ``max_rounds`` turns (a greenlet looping in ``gevent.idle()``
-    forever), or when the loop has not gone idle for a few turns of 10 ms (a greenlet
+    forever), or when the loop has not gone idle for about a second (a greenlet
     in a ``gevent.sleep(0)`` loop, which never blocks; logged as a warning).
 
     Use it to let spawned greenlets reach their first blocking call, or to let the
