@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -17,14 +17,6 @@ from gevent.hub import get_hub
 from greentask import _clock
 from greentask._clock import REAL_CLOCK, Clock, MonotonicClock, TimerHandle
 from greentask.testing import FakeClock
-
-
-@pytest.fixture(autouse=True)
-def hub_printed(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[Any, ...]]]:
-    printed: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(get_hub(), "print_exception", lambda *args: printed.append(args))
-    yield printed
-    assert printed == [], f"the hub printed errors: {printed!r}"
 
 
 def test_real_clock_reads_time_monotonic() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -25,22 +25,6 @@ import greentask as gt
 from greentask import Cancelled, Context, DeadlineExceeded
 from greentask.context import MonotonicClock
 from greentask.testing import FakeClock, settle
-
-
-@pytest.fixture
-def clock() -> Iterator[FakeClock]:
-    fake = FakeClock()
-    yield fake
-    fake.close()
-
-
-@pytest.fixture(autouse=True)
-def hub_printed(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[Any, ...]]]:
-    """Record what gevent's hub would print ("... failed with ..."); none is allowed."""
-    printed: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(get_hub(), "print_exception", lambda *args: printed.append(args))
-    yield printed
-    assert printed == [], f"the hub printed errors: {printed!r}"
 
 
 def waitables(*objects: Any) -> list[Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -18,21 +18,6 @@ import greentask as gt
 from greentask import Cancelled, DeadlineExceeded
 from greentask.context import CancelScope
 from greentask.testing import FakeClock, settle
-
-
-@pytest.fixture
-def clock() -> Iterator[FakeClock]:
-    fake = FakeClock()
-    yield fake
-    fake.close()
-
-
-@pytest.fixture(autouse=True)
-def hub_printed(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[Any, ...]]]:
-    printed: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(get_hub(), "print_exception", lambda *args: printed.append(args))
-    yield printed
-    assert printed == [], f"the hub printed errors: {printed!r}"
 
 
 class Blocked:

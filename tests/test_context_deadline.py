@@ -4,31 +4,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
-from typing import Any
 
 import gevent
-import pytest
-from gevent.hub import get_hub
 
 import greentask as gt
 from greentask import Cancelled, DeadlineExceeded
 from greentask.testing import FakeClock, settle
-
-
-@pytest.fixture
-def clock() -> Iterator[FakeClock]:
-    fake = FakeClock()
-    yield fake
-    fake.close()
-
-
-@pytest.fixture(autouse=True)
-def hub_printed(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[Any, ...]]]:
-    printed: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(get_hub(), "print_exception", lambda *args: printed.append(args))
-    yield printed
-    assert printed == [], f"the hub printed errors: {printed!r}"
 
 
 def test_with_timeout_is_cancelled_at_exactly_the_deadline(clock: FakeClock) -> None:

@@ -20,15 +20,6 @@ from greentask.testing import CallLog, FakeClock, FakeExecuteTask, FakeTask, set
 INIT, E, C = Stage.INITIALIZE, Stage.EXECUTE, Stage.CLEANUP
 
 
-@pytest.fixture(autouse=True)
-def hub_errors(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Fail any test during which gevent's hub was handed an error to print."""
-    reported: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(get_hub(), "handle_error", lambda *args: reported.append(args))
-    yield reported
-    assert reported == []
-
-
 def start(manager: gt.TaskManager, ctx: gt.Context | None = None) -> gevent.Greenlet[..., Any]:
     """Run the manager in a background greenlet and let it get going."""
     runner = gevent.spawn(manager.run, ctx)

@@ -7,7 +7,6 @@ from typing import Any
 import gevent
 import pytest
 from gevent.event import Event
-from gevent.hub import get_hub
 from greenlet import GreenletExit
 
 import greentask as gt
@@ -32,15 +31,6 @@ ERROR_TYPES = [
     pytest.param("task", TaskType.ERROR, id="task-error"),
     pytest.param("execute", ExecuteTaskType.ERROR, id="execute-error"),
 ]
-
-
-@pytest.fixture(autouse=True)
-def hub_errors(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Fail any test during which gevent's hub was handed an error to print."""
-    reported: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(get_hub(), "handle_error", lambda *args: reported.append(args))
-    yield reported
-    assert reported == []
 
 
 def add(manager: gt.TaskManager, kind: str, name: str, task_type: Any, execute: Any) -> FakeExecuteTask:

@@ -9,7 +9,6 @@ from typing import Any
 import gevent
 import pytest
 from gevent.event import Event
-from gevent.hub import get_hub
 
 import greentask as gt
 from greentask import (
@@ -26,22 +25,6 @@ from greentask import (
 from greentask.testing import FakeClock, FakeExecuteTask, FakeTask, settle
 
 INIT, E, C = Stage.INITIALIZE, Stage.EXECUTE, Stage.CLEANUP
-
-
-@pytest.fixture(autouse=True)
-def hub_errors(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Fail any test during which gevent's hub was handed an error to print."""
-    reported: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(get_hub(), "handle_error", lambda *args: reported.append(args))
-    yield reported
-    assert reported == []
-
-
-@pytest.fixture
-def clock() -> Any:
-    fake = FakeClock()
-    yield fake
-    fake.close()
 
 
 def start(manager: gt.TaskManager, ctx: gt.Context | None = None) -> gevent.Greenlet[..., Any]:

@@ -3,37 +3,17 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import gevent
 import pytest
 from gevent import getcurrent
 from gevent.event import Event
-from gevent.hub import get_hub
 from greenlet import GreenletExit
 
 import greentask as gt
 from greentask.tasks import ForceStop
 from greentask.testing import CallLog, FakeClock, FakeExecuteTask, FakeTask, settle
-
-
-@pytest.fixture
-def hub_errors() -> Iterator[list[Any]]:
-    """Every error the hub would print as "Greenlet failed" during the test."""
-    hub = get_hub()
-    reported: list[Any] = []
-    original = hub.handle_error
-
-    def record(context: Any, type_: Any, value: Any, tb: Any) -> None:
-        reported.append((context, value))
-        original(context, type_, value, tb)
-
-    hub.handle_error = record  # type: ignore[method-assign,assignment]
-    try:
-        yield reported
-    finally:
-        del hub.handle_error
 
 
 def _run(task: ForceStop, ctx: gt.Context) -> gevent.Greenlet[..., Any]:
