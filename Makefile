@@ -3,8 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-test
-BENCH_STAMP := $(VENV)/.installed-bench
+STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck pytest bench clean
 
@@ -12,13 +11,10 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
+# The bench extra (trio, anyio, psutil) is small and lets the benchmark smoke test run.
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e '.[test,dev]'
-	touch $(STAMP)
-
-$(BENCH_STAMP): pyproject.toml $(STAMP)
 	$(PY) -m pip install -q -e '.[test,dev,bench]'
-	touch $(BENCH_STAMP)
+	touch $(STAMP)
 
 demo: $(STAMP)
 	$(PY) examples/pubsub.py --duration 5
@@ -39,7 +35,7 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
-bench: $(BENCH_STAMP)
+bench: $(STAMP)
 	$(PY) benchmarks/run.py $(if $(FULL),--full,)
 
 clean:

@@ -5,6 +5,7 @@ Usage::
     python benchmarks/run.py                 # quick mode (`make bench`), about 2 minutes
     python benchmarks/run.py --full          # N = 1k, 10k, 100k (`make bench FULL=1`)
     python benchmarks/run.py --n 20000 --only spawn_cancel,greentask --repeats 1
+    python benchmarks/run.py --n 100000 --only greentask --compare /tmp/patched --clock cpu
 
 Every cell (one workload, one framework, one N, one repeat) runs in a fresh process
 (``_cell.py``), so no cell inherits another's heap, hub or event loop; the figure of a
@@ -41,6 +42,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CELL = HERE / "_cell.py"
+#: The extra column of ``--compare``: greentask imported from another tree.
+OTHER = "greentask-other"
 
 #: Column order; raw gevent is the baseline of every ratio.
 FRAMEWORKS = ("gevent", "greentask", "asyncio", "trio", "anyio")
@@ -132,8 +135,11 @@ framework reported) before its figure is used.
   gevent: a guard around each greenlet records the error and sets the shared Event).
 - **forced_stop**: N tasks that ignore cooperative cancellation (each waits on its own
   Event); greentask `stop_timeout=0.05` kills them; raw gevent `Group.join(timeout)`
-  then `Group.kill()`; asyncio, trio and anyio cannot kill, so they cancel the group
-  after the same grace period. Time from the end of the grace period to the return.
+  then `Group.kill()`, each body under a guard that catches the `GreenletExit` (as
+  greentask's wrapper does: an escaping one makes each dead greenlet cyclic garbage
+  and the kill ~4x slower); asyncio, trio and anyio cannot kill, so they cancel the
+  group after the same grace period. Time from the end of the grace period to the
+  return; the scaling table divides it across N ten times apart (linear: <= 15).
 - **memory**: RSS growth (psutil, after `gc.collect()`) per parked task, same tasks as
   spawn_cancel, measured at the largest N only.
 - **context_churn**: create a child cancel scope of one long-lived parent and cancel
@@ -187,11 +193,20 @@ class Cell:
 # -- running -----------------------------------------------------------------------
 
 
-def run_cell(framework: str, workload: str, n: int, timeout: float, clock: str) -> dict[str, Any]:
-    """Run one repeat of one cell in a fresh process; return its outcome."""
+def run_cell(
+    framework: str, workload: str, n: int, timeout: float, clock: str, other: Path | None = None
+) -> dict[str, Any]:
+    """Run one repeat of one cell in a fresh process; return its outcome.
+
+    ``OTHER`` runs the greentask module with greentask imported from ``other``.
+    """
+    root = ROOT
+    if framework == OTHER:
+        assert other is not None
+        framework, root = "greentask", other
     env = dict(os.environ)
     env["BENCH_CLOCK"] = clock
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), str(HERE), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), str(HERE), env.get("PYTHONPATH", "")) if p)
     env.pop("PYTHONHASHSEED", None)
     cmd = [sys.executable, str(CELL), framework, workload, str(n)]
     try:
@@ -230,6 +245,7 @@ def run_all(
     timeout: float,
     clock: str,
     log: Callable[[str], None],
+    other: Path | None = None,
 ) -> dict[tuple[str, str, int], Cell]:
     """Run every cell ``repeats`` times, interleaved; return the cells."""
     cells = {(w, f, n): Cell(w, f, n) for w, n in rows for f in frameworks}
@@ -244,7 +260,7 @@ def run_all(
     def one(index_key: tuple[int, tuple[str, str, int]]) -> None:
         index, (workload, framework, n) = index_key
         t0 = time.monotonic()
-        outcome = run_cell(framework, workload, n, timeout, clock)
+        outcome = run_cell(framework, workload, n, timeout, clock, other)
         cells[workload, framework, n].outcomes.append(outcome)
         shown = ", ".join(f"{k}={v:.4g}" for k, v in outcome["metrics"].items())
         if outcome["fails"]:
@@ -306,7 +322,8 @@ def fmt_cell(cells: dict[tuple[str, str, int], Cell], metric: Metric, workload: 
     if fails:
         bad = sum(1 for o in cell.outcomes if o["fails"])
         runs = f" ({bad}/{len(cell.outcomes)} runs)" if len(cell.outcomes) > 1 else ""
-        return "FAIL" + runs + ": " + "; ".join(fails).replace("|", "/")
+        more = f" (+{len(fails) - 1} other)" if len(fails) > 1 else ""
+        return f"FAIL{runs}: {fails[0]}{more}".replace("|", "/")
     value = cell.median(metric.key)
     if value is None:
         return "-"
@@ -359,6 +376,8 @@ def targets_table(cells: dict[tuple[str, str, int], Cell], sizes: Sequence[int],
         theirs = ratio(cells, "context_churn", "anyio", n, key)
         ahead = "n/a" if ours is None or theirs is None else ("yes" if ours < theirs else "no")
         lines.append(f"| context_churn (N={n:,}) | {_r(ours)} | - | {_r(theirs)} | {ahead} |")
+    if len(lines) == 2:
+        return "(none of the target workloads was run)"
     return "\n".join(lines)
 
 
@@ -385,7 +404,7 @@ def scaling_table(cells: dict[tuple[str, str, int], Cell], sizes: Sequence[int],
 
 
 def _r(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
+    return "-" if value is None else f"{value:.3f}"
 
 
 # -- the machine ---------------------------------------------------------------------
@@ -486,6 +505,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=1, help="cells run at once (>1 distorts the timings)")
     parser.add_argument("--timeout", type=float, default=CELL_TIMEOUT, help="seconds one cell may take")
     parser.add_argument(
+        "--compare",
+        type=Path,
+        metavar="TREE",
+        help="add a column: greentask imported from TREE (a copy of the repository, e.g. with a patch applied)",
+    )
+    parser.add_argument(
         "--clock",
         choices=("wall", "cpu"),
         default="wall",
@@ -503,6 +528,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             workloads = [w for w in WORKLOADS if w in names]
         if any(x in FRAMEWORKS for x in names):
             frameworks = [f for f in FRAMEWORKS if f in names or f == "gevent"]
+    if args.compare is not None:
+        args.compare = args.compare.resolve()
+        if not (args.compare / "greentask" / "__init__.py").is_file():
+            parser.error(f"--compare: no greentask package in {str(args.compare)!r}")
+        frameworks.insert(frameworks.index("greentask") + 1 if "greentask" in frameworks else 1, OTHER)
+        FRAMEWORK_TITLES[OTHER] = f"greentask from {args.compare}"
     args.workloads, args.frameworks = workloads, frameworks
     args.mode = "full" if args.full else "quick"
     args.sizes = args.n or list(FULL_SIZES if args.full else QUICK_SIZES)
@@ -523,7 +554,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    cells = run_all(rows, args.frameworks, args.repeats, args.jobs, args.timeout, args.clock, log)
+    cells = run_all(rows, args.frameworks, args.repeats, args.jobs, args.timeout, args.clock, log, args.compare)
     elapsed = time.monotonic() - started
     report = "\n\n".join(
         [

@@ -163,6 +163,12 @@ class _State:
                 # Drop the emptied set: a set never shrinks, so a burst of children
                 # would otherwise keep its table alive as long as the parent.
                 parent.children = None
+        if self.children is None and self.callbacks is None and self.timer is None and self.hook is None:
+            # A leaf nobody waits on (most cancels: a request's context when it is done).
+            self.err = err
+            self.cause = cause
+            self.parent = None
+            return
         to_notify: list[_State] = []
         hooks: list[Callable[[], None]] = []
         stack = [self]
@@ -684,11 +690,20 @@ def with_cancel(parent: Context) -> tuple[Context, CancelFunc]:
         finally:
             cancel()
     """
-    _check_context("parent", parent)
+    if not isinstance(parent, Context):
+        _check_context("parent", parent)
     parent_state = parent._state
-    state = _State(parent_state, None if parent_state is None else parent_state.deadline)
-    if parent_state is not None:
-        state.attach(parent_state)
+    if parent_state is None:
+        state = _State(None, None)
+    else:
+        state = _State(parent_state, parent_state.deadline)
+        children = parent_state.children
+        if parent_state.err is not None:
+            state.attach(parent_state)
+        elif children is None:
+            parent_state.children = {state}
+        else:
+            children.add(state)
     return Context(parent, state, parent._clock), state.cancel
 
 

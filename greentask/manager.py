@@ -42,6 +42,7 @@ from .context import (
     Context,
     _check_context,
     _check_seconds,
+    _State,
     background,
     with_cancel,
     with_deadline,
@@ -162,6 +163,15 @@ def _policy(task_type: TaskType | ExecuteTaskType, failed: bool) -> _Action:
         return _Action(record_unexpected_stop=False, cancel_all=True, counts_for_stop_group=stop_group)
     strict = task_type is TaskType.STRICT or task_type is ExecuteTaskType.STRICT
     return _Action(record_unexpected_stop=strict, cancel_all=strict, counts_for_stop_group=stop_group)
+
+
+#: `_policy` for every (task type, failed), so finishing a task is one dict lookup.
+#: (TaskType.STRICT == ExecuteTaskType.STRICT as strings, and their actions are equal.)
+_POLICIES: dict[tuple[TaskType | ExecuteTaskType, bool], _Action] = {
+    (task_type, failed): _policy(task_type, failed)
+    for task_type in (*TaskType, *ExecuteTaskType)
+    for failed in (False, True)
+}
 
 
 class _Record:
@@ -315,6 +325,8 @@ class TaskManager:
         self._ctx: Context | None = None
         self._cancel: CancelFunc | None = None
         self._group = Group()
+        self._run_state: _State | None = None  # the run context's cancel state (hot path)
+        self._clock_now: Callable[[], float] = _zero  # the run context's clock.now (hot path)
         self._drained = Event()
         self._forced = Event()
         self._hub: Any = None
@@ -396,7 +408,8 @@ class TaskManager:
                 msg = f"task {name!r} must be callable or have a callable execute(ctx)"
                 raise TypeError(msg)
             execute = task
-        task_type = _coerce_type(task_type, ExecuteTaskType)
+        if type(task_type) is not ExecuteTaskType:
+            task_type = _coerce_type(task_type, ExecuteTaskType)
         hub = self._hub
         if hub is not None and _get_ident() != self._thread_id:
             self._add_from_thread(hub, name, task, execute, task_type)
@@ -486,6 +499,8 @@ class TaskManager:
         self._phase = _Phase.INITIALIZING
         run_ctx, cancel = with_cancel(parent)
         self._ctx, self._cancel = run_ctx, cancel
+        self._run_state = run_ctx._state
+        self._clock_now = run_ctx.clock.now
         self._hub = get_hub()
         self._thread_id = _get_ident()
         keepalive = self._hub.loop.async_()  # a ref'd watcher: no LoopExit while idle
@@ -572,10 +587,21 @@ class TaskManager:
             return
         record.stopped_at = self._now()
         del self._running[record]
-        ctx = self._ctx
-        assert ctx is not None
-        cancelled = ctx.cancelled
-        if record.killed is not None:
+        state = self._run_state
+        assert state is not None
+        cancelled = state.err is not None
+        if exc is None and record.killed is None and not cancelled:
+            # The common case (a clean return while running) without the general path below.
+            action = _POLICIES[record.task_type, False]
+            if action.record_unexpected_stop:
+                self._fail(record, UnexpectedStop("unexpected shutdown for task process"), Stage.EXECUTE)
+            else:
+                record.state = TaskState.STOPPED
+                if self._subscribers:
+                    self._emit("stopped", record.name, None)
+            if action.cancel_all or action.counts_for_stop_group:
+                self._apply(record, action, record.error)
+        elif record.killed is not None:
             self._fail(record, StopTimeout(record.killed), Stage.EXECUTE)
             if exc is not None and not isinstance(exc, GreenletExit):
                 self._record_error(record, exc, Stage.EXECUTE)
@@ -584,7 +610,7 @@ class TaskManager:
                 record.state = TaskState.STOPPED
                 self._emit("stopped", record.name, None)
             else:
-                action = _policy(record.task_type, failed=False)
+                action = _POLICIES[record.task_type, False]
                 if action.record_unexpected_stop:
                     self._fail(record, UnexpectedStop("unexpected shutdown for task process"), Stage.EXECUTE)
                 else:
@@ -599,7 +625,7 @@ class TaskManager:
                 if record.task_type is TaskType.STOP_GROUP:
                     self._stop_group_left -= 1
             else:
-                self._apply(record, _policy(record.task_type, failed=True), exc)
+                self._apply(record, _POLICIES[record.task_type, True], exc)
         if record.kind == "execute":
             self._forget_finished_execute(record)
         if not self._running and self._phase is _Phase.STOPPING:
@@ -705,6 +731,17 @@ class TaskManager:
             # cancellation that woke us (callbacks run in order), so the kill always reaches
             # the wrapper in _execute, which records the outcome.
             greenlet.kill(block=False)
+        # kill(block=False) only queues each GreenletExit, and delivering 100,000 of them
+        # takes far longer than a short stop_timeout: start the grace period once they are
+        # all delivered, or every task not reached yet would be "abandoned" while dying.
+        # Hub callbacks run in order, so this marker runs after the last kill.
+        delivered = Event()
+        self._hub.loop.run_callback(delivered.set)
+        try:
+            delivered.wait()
+        except BaseException as exc:  # noqa: BLE001 - a further interruption: go on to the grace period
+            if isinstance(exc, KeyboardInterrupt | SystemExit) and self._fatal is None:
+                self._fatal = exc
         grace = timeout if timeout is not None else 1.0
         if self._wait_drained(clock.now() + grace, honour_force=False):
             return
@@ -885,8 +922,7 @@ class TaskManager:
         return background().clock if ctx is None else ctx.clock
 
     def _now(self) -> float:
-        ctx = self._ctx
-        return 0.0 if ctx is None else float(ctx.clock.now())
+        return float(self._clock_now())
 
     def __repr__(self) -> str:
         return f"<TaskManager {self._name!r} {self._phase.value} tasks={len(self._records)}>"
@@ -898,6 +934,10 @@ def _describe(reason: StopReason, stage: Stage) -> str:
             return f"task {reason.task_name!r} stopped unexpectedly in {stage.value}"
         return f"task {reason.task_name!r} failed in {stage.value}: {reason.error!r}"
     return str(reason)
+
+
+def _zero() -> float:
+    return 0.0
 
 
 def _noop() -> None:  # pragma: no cover - the keep-alive watcher is never sent

@@ -486,3 +486,31 @@ def test_keyboard_interrupt_while_a_timed_stage_runs_is_that_stages_error(clock:
     status = {s.name: s for s in manager.status()}
     assert isinstance(status["b"].error, KeyboardInterrupt)
     assert status["a"].state is TaskState.DONE
+
+
+def test_a_short_real_stop_timeout_kills_every_one_of_many_stubborn_tasks_none_abandoned() -> None:
+    # Regression: kill(block=False) only queues each GreenletExit; the grace period must
+    # start once they are all delivered, or tasks not reached yet were "abandoned" while
+    # dying (19,450 of 20,000 before the fix). Real clock on purpose: the bug needs
+    # delivery to take longer than stop_timeout.
+    n = 20_000
+    manager = gt.TaskManager(stop_timeout=0.001)
+    greenlets: list[Any] = []
+    all_started = Event()
+
+    def stubborn(ctx: gt.Context) -> None:
+        greenlets.append(gevent.getcurrent())
+        if len(greenlets) == n:
+            all_started.set()
+        Event().wait()
+
+    for _ in range(n):
+        manager.add_execute_task("stubborn", stubborn)
+    stopper = gevent.spawn(lambda: (all_started.wait(), manager.stop()))
+    with gevent.Timeout(60):
+        errors = manager.run()
+    stopper.join()
+    assert len(errors) == n
+    assert all(isinstance(e.error, StopTimeout) and "killed" in str(e.error) for e in errors)
+    assert not any("abandoned" in str(e.error) for e in errors)
+    assert all(g.dead for g in greenlets)
