@@ -605,6 +605,8 @@ class TaskManager:
             self._fail(record, StopTimeout(record.killed), Stage.EXECUTE)
             if exc is not None and not isinstance(exc, GreenletExit):
                 self._record_error(record, exc, Stage.EXECUTE)
+                if isinstance(exc, KeyboardInterrupt | SystemExit) and self._fatal is None:
+                    self._fatal = exc
         elif exc is None or (cancelled and isinstance(exc, GreenletExit)):
             if cancelled:
                 record.state = TaskState.STOPPED

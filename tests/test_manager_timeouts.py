@@ -514,3 +514,37 @@ def test_a_short_real_stop_timeout_kills_every_one_of_many_stubborn_tasks_none_a
     assert all(isinstance(e.error, StopTimeout) and "killed" in str(e.error) for e in errors)
     assert not any("abandoned" in str(e.error) for e in errors)
     assert all(g.dead for g in greenlets)
+
+
+def test_a_keyboard_interrupt_raised_while_dying_is_recorded_after_its_stop_timeout_and_re_raised(
+    clock: FakeClock,
+) -> None:
+    def dies_with_interrupt(ctx: gt.Context) -> None:
+        try:
+            Event().wait()
+        except GreenletExit:
+            raise KeyboardInterrupt("dying") from None
+
+    cleanup = FakeTask.blocking("stopper")
+    manager = gt.TaskManager(stop_timeout=1)
+    manager.add_task("stubborn", FakeTask("stubborn", execute=dies_with_interrupt))
+    manager.add_task("stopper", cleanup, TaskType.STOP_GROUP)
+    cleanup.execute_stub = None
+    raised: list[BaseException] = []
+
+    def run_capturing() -> None:
+        try:
+            manager.run(gt.background(clock))
+        except KeyboardInterrupt as exc:
+            raised.append(exc)
+
+    runner = gevent.spawn(run_capturing)
+    settle()
+    clock.advance(1)
+    with gevent.Timeout(5):
+        runner.join()
+    assert [str(exc) for exc in raised] == ["dying"]
+    errors = manager._errors
+    assert [type(e.error) for e in errors] == [StopTimeout, KeyboardInterrupt]
+    assert "killed" in str(errors[0].error)
+    assert cleanup.cleanup_call_count == 1
