@@ -187,18 +187,6 @@ def _log_errors(manager: TaskManager, errors: list[NamedError]) -> None:
         logger.error("%s: %s", manager.name, named, exc_info=named.error)
 
 
-def _exit_code_for_system_exit(exc: SystemExit, others: list[NamedError]) -> int:
-    code = exc.code
-    if code is None:
-        code = 0
-    elif not isinstance(code, int):
-        logger.error("%s", code)
-        code = 1
-    if code == 0 and others:
-        return 1
-    return code
-
-
 def run(
     manager: TaskManager,
     *,
@@ -239,10 +227,9 @@ def run(
     Returns:
         0 when no error was recorded (a graceful stop on a signal is clean); 1 when
         any error was recorded, including the `StopTimeout` of a forced stop. When a
-        task raised ``KeyboardInterrupt`` (or one reached the calling greenlet), the
-        shutdown is completed, it is logged, and 1 is returned. When a task raised
-        ``SystemExit``, its code is returned (None counts as 0, a non-int code is
-        logged and gives 1), except that 0 becomes 1 if another error was recorded.
+        task raised ``KeyboardInterrupt`` or ``SystemExit`` (whatever its code: it is
+        a recorded error), or one reached the calling greenlet, the shutdown is
+        completed, it is logged, and 1 is returned.
 
     Raises:
         TypeError: ``manager`` is not a `TaskManager`, bad ``signals`` or
@@ -281,15 +268,10 @@ def run(
         try:
             errors = manager.run(ctx)
         except (KeyboardInterrupt, SystemExit) as exc:
-            # manager.run completed the orderly shutdown, then re-raised it.
-            recorded = list(manager._errors)
-            _log_errors(manager, recorded)
-            if isinstance(exc, SystemExit):
-                others = [named for named in recorded if named.error is not exc]
-                code = _exit_code_for_system_exit(exc, others)
-                logger.info("%s: stopped by SystemExit(%r); exit code %d", manager.name, exc.code, code)
-                return code
-            logger.error("%s: interrupted by KeyboardInterrupt; exit code 1", manager.name)
+            # manager.run completed the orderly shutdown, then re-raised it; it was
+            # recorded (when a task raised it), so the exit code is 1 like any error.
+            _log_errors(manager, list(manager._errors))
+            logger.error("%s: interrupted by %r; exit code 1", manager.name, exc)
             return 1
     finally:
         watch.restore()

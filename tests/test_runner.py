@@ -238,15 +238,17 @@ def test_keyboard_interrupt_from_a_task_is_logged_and_gives_1(caplog: pytest.Log
         assert gt.run(manager, signals=()) == 1
     assert other.cleanup_call_count == 1
     messages = _messages(caplog)
-    assert "greentask: interrupted by KeyboardInterrupt; exit code 1" in messages
+    assert "greentask: interrupted by KeyboardInterrupt(); exit code 1" in messages
     assert any(m.startswith("greentask: execute: task 'interrupt': KeyboardInterrupt") for m in messages)
 
 
 @pytest.mark.parametrize(
     ("exit_code", "others_fail", "expected"),
-    [(3, False, 3), (None, False, 0), (0, False, 0), (0, True, 1), ("bye", False, 1)],
+    [(3, False, 1), (None, False, 1), (0, False, 1), (0, True, 1), ("bye", False, 1)],
 )
-def test_system_exit_from_a_task_sets_the_exit_code(exit_code: object, others_fail: bool, expected: int) -> None:
+def test_system_exit_from_a_task_is_a_recorded_error_so_the_exit_code_is_1(
+    exit_code: object, others_fail: bool, expected: int
+) -> None:
     def exits(ctx: gt.Context) -> None:
         raise SystemExit(exit_code)
 

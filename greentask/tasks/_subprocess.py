@@ -83,10 +83,13 @@ class Subprocess:
       `StopTimeout`.
 
     ``execute`` always reaps the child before it returns, also when it fails or is
-    killed (the child is then SIGKILLed), so no zombie or orphan process is left. If
-    the process leads its own process group (``start_new_session=True`` or
-    ``process_group=0``), the signals go to the whole group, so its own children stop
-    too. If the context is already cancelled when ``execute`` starts, no process is
+    killed (the child is then SIGKILLed), so no zombie or orphan process is left. The
+    process leads its own process group (``process_group=0`` is the default; pass
+    ``start_new_session=True`` or ``process_group=...`` to choose otherwise): the
+    signals go to the whole group, so its own children stop too, and whatever is
+    left of the group once the process has exited is SIGKILLed. (A process that
+    puts itself in another group or session on purpose, a daemon, is not followed.)
+    If the context is already cancelled when ``execute`` starts, no process is
     started.
 
     Output: by default the child inherits this process's stdin, stdout and stderr.
@@ -134,6 +137,10 @@ class Subprocess:
             if name not in _POPEN_PARAMETERS:
                 msg = f"unexpected keyword argument {name!r}: popen_kwargs must be gevent.subprocess.Popen arguments"
                 raise TypeError(msg)
+        if "start_new_session" not in popen_kwargs and "process_group" not in popen_kwargs:
+            # Its own process group by default, so signals reach its children too and
+            # none of them is left behind as an orphan (it keeps the terminal).
+            popen_kwargs["process_group"] = 0
         self._popen_kwargs = popen_kwargs
         self._group = bool(popen_kwargs.get("start_new_session")) or popen_kwargs.get("process_group") == 0
         self._process: Any = None
@@ -221,6 +228,9 @@ class Subprocess:
             if process.returncode is None:  # failed or killed while the child runs
                 self._signal(process, signal.SIGKILL)
             process.wait()  # reap: no zombie
+            if self._group:  # no orphan: its children that outlived it go too
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(process.pid, signal.SIGKILL)
             self._returncode = process.returncode
             self._collect(ctx, process, readers)
             self._process = None

@@ -16,7 +16,7 @@ from gevent.fileobject import FileObjectPosix
 
 import greentask as gt
 from greentask.tasks import Subprocess
-from greentask.testing import FakeClock, FakeTask
+from greentask.testing import FakeClock, FakeTask, eventually
 
 # -- helpers ------------------------------------------------------------------
 
@@ -313,3 +313,34 @@ def test_bad_arguments_are_rejected() -> None:
         Subprocess(["true"], stop_timeout=-1)
     with pytest.raises(TypeError, match="unexpected keyword argument 'stdout_file'"):
         Subprocess(["true"], stdout_file=None)
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (a zombie no longer runs anything)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_its_children_are_not_left_behind_as_orphans_by_default(tmp_path: Path) -> None:
+    marker = tmp_path / "grandchild.pid"
+    script = textwrap.dedent(
+        f"""
+        import subprocess, sys, time
+        p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        open({str(marker)!r}, "w").write(str(p.pid))
+        time.sleep(60)
+        """
+    )
+    task = Subprocess([sys.executable, "-c", script], stop_timeout=5)
+    ctx, cancel = gt.with_cancel(gt.background())
+    runner = gevent.spawn(task.execute, ctx)
+    eventually(lambda: marker.exists() and marker.read_text() != "", timeout=10)
+    grandchild = int(marker.read_text())
+    assert _running(grandchild)
+    cancel()
+    with gevent.Timeout(10):
+        runner.get()
+    eventually(lambda: not _running(grandchild), timeout=10)
