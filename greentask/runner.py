@@ -24,8 +24,7 @@ import signal
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import gevent
-
+from ._signals import SignalWatch, watch_signal
 from .context import Context, _check_seconds
 from .errors import ManagerEvent, NamedError
 from .manager import TaskManager
@@ -86,17 +85,13 @@ class _SignalWatch:
     def __init__(self, manager: TaskManager, signals: tuple[signal.Signals, ...]) -> None:
         self._manager = manager
         self._signals = signals
-        self._previous: dict[signal.Signals, _Handler] = {}
-        self._watchers: list[Any] = []
+        self._watchers: list[SignalWatch] = []
         self.received = 0
 
     def install(self) -> None:
         try:
             for sig in self._signals:
-                # Python's view of the handler: libev installs its own at the OS level
-                # without telling the signal module, so this is what to restore later.
-                self._previous[sig] = signal.getsignal(sig)
-                self._watchers.append(gevent.signal_handler(sig, self._on_signal, sig))
+                self._watchers.append(watch_signal(sig, self._on_signal, sig))
         except BaseException:
             self.restore()
             raise
@@ -117,21 +112,11 @@ class _SignalWatch:
             logger.exception("greentask: handling %s failed", sig.name)
 
     def restore(self) -> None:
-        for watcher in self._watchers:
-            watcher.cancel()
+        """Cancel the watchers; the previous handlers are put back at the OS level
+        (SPEC §8) once no other greentask watcher needs the signal (`greentask._signals`)."""
+        for watch in reversed(self._watchers):
+            watch.cancel()
         self._watchers.clear()
-        for sig, previous in self._previous.items():
-            if previous is None:
-                # Installed outside Python: nothing we can put back.
-                logger.debug("greentask: the previous %s handler was not installed from Python", sig.name)
-                continue
-            try:
-                # Cancelling the gevent watcher leaves SIG_DFL at the OS level while
-                # signal.getsignal() still reports the old handler (SPEC §8): re-install.
-                signal.signal(sig, previous)
-            except (OSError, ValueError, TypeError):
-                logger.exception("greentask: could not restore the previous %s handler", sig.name)
-        self._previous.clear()
 
 
 class _SystemdNotifier:

@@ -6,11 +6,10 @@ import contextlib
 import logging
 import signal
 from collections.abc import Iterable
-from typing import Any
 
-import gevent
 from greenlet import GreenletExit
 
+from .._signals import SignalWatch, watch_signal
 from ..context import CancelFunc, Context, with_cancel, without_cancel
 from ..errors import UnexpectedStop
 from ._wrap import InnerTask, Wrapper
@@ -208,28 +207,19 @@ class Interruptible(Wrapper):
             run.cancel_inner = None
             cancel()
 
-    def _install(self, run: _Run) -> list[tuple[int, Any, Any]]:
-        installed: list[tuple[int, Any, Any]] = []
+    def _install(self, run: _Run) -> list[SignalWatch]:
+        installed: list[SignalWatch] = []
         try:
             for signum in self._signals:
-                previous = signal.getsignal(signum)
-                installed.append((signum, previous, gevent.signal_handler(signum, run.interrupt, signum)))
+                installed.append(watch_signal(signum, run.interrupt, signum))
         except BaseException:
             _restore(installed)
             raise
         return installed
 
 
-def _restore(installed: list[tuple[int, Any, Any]]) -> None:
-    """Cancel the watchers and put the previous handlers back at the OS level.
-
-    ``signal.getsignal`` can still report the old handler while the OS-level one is
-    the default (SPEC §8), so set it again with ``signal.signal``.
-    """
-    for signum, previous, watcher in reversed(installed):
-        watcher.cancel()
-        handler = signal.SIG_DFL if previous is None else previous
-        try:
-            signal.signal(signum, handler)
-        except (OSError, ValueError, TypeError):
-            logger.exception("greentask: could not restore the handler of %s", _signal_name(signum))
+def _restore(installed: list[SignalWatch]) -> None:
+    """Cancel the watchers; the last greentask watcher of a signal puts its previous
+    handler back at the OS level (see `greentask._signals`)."""
+    for watch in reversed(installed):
+        watch.cancel()

@@ -362,3 +362,31 @@ def test_signals_are_normalized() -> None:
 def test_bad_arguments_are_rejected(signals: object, task: object, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
         Interruptible(signals, task)  # type: ignore[arg-type]
+
+
+def test_when_one_of_two_interruptibles_on_a_signal_ends_the_other_still_gets_the_signal() -> None:
+    # Regression: the first one to end put the previous handler back at the OS level
+    # while the second still watched the signal, so the next signal bypassed it.
+    python_handler_calls: list[int] = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: python_handler_calls.append(signum))
+    try:
+        first = FakeTask("first", execute=_waits)
+        second = FakeTask("second", execute=_waits)
+        ctx_first, cancel_first = gt.with_cancel(gt.background())
+        ctx_second, cancel_second = gt.with_cancel(gt.background())
+        runner_first = _run(Interruptible([signal.SIGUSR2], first), ctx_first)
+        runner_second = _run(Interruptible([signal.SIGUSR2], second), ctx_second)
+        _until(lambda: first.execute_call_count == 1 and second.execute_call_count == 1)
+
+        cancel_first()
+        assert _outcome(runner_first) == ("ok", None)
+        os.kill(os.getpid(), signal.SIGUSR2)
+        _until(lambda: second.execute_call_count == 2)
+        assert python_handler_calls == []
+
+        cancel_second()
+        assert _outcome(runner_second) == ("ok", None)
+        os.kill(os.getpid(), signal.SIGUSR2)  # now the previous handler gets it again
+        _until(lambda: python_handler_calls == [signal.SIGUSR2])
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
