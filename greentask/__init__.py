@@ -7,6 +7,7 @@ on a signal or a failure, and cleans up in reverse order.
 Importing greentask never monkey-patches anything.
 """
 
+from . import tasks as tasks
 from .context import CancelFunc as CancelFunc
 from .context import Cancelled as Cancelled
 from .context import Clock as Clock
