@@ -10,93 +10,19 @@ from __future__ import annotations
 
 import json
 import os
-import queue
-import re
 import signal
 import socket
-import subprocess
 import sys
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _proc import Proc
 
 REPO = Path(__file__).resolve().parent.parent.parent
 EXAMPLES = REPO / "examples"
-DEADLINE = 20.0
-
-
-class Proc:
-    """An example process whose merged stdout/stderr is read line by line by a thread."""
-
-    def __init__(self, name: str, *args: str) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env.pop("NOTIFY_SOCKET", None)
-        self.popen = subprocess.Popen(
-            [sys.executable, str(EXAMPLES / name), *args],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
-        )
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.popen.stdout is not None
-        for line in self.popen.stdout:
-            self._queue.put(line.rstrip("\n"))
-        self._queue.put(None)
-
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def expect(self, pattern: str, timeout: float = DEADLINE, *, after: int = 0) -> re.Match[str]:
-        """Return the first line (from index ``after``) matching ``pattern``, reading on as needed.
-
-        Fails on end of output or after ``timeout`` seconds.
-        """
-        regex = re.compile(pattern)
-        for line in self.lines[after:]:
-            if (match := regex.search(line)) is not None:
-                return match
-        while True:
-            try:
-                item = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                self.popen.kill()
-                pytest.fail(f"no line matching {pattern!r} within {timeout}s; output:\n{self.output()}")
-            if item is None:
-                self._queue.put(None)
-                pytest.fail(f"process ended before a line matched {pattern!r}; output:\n{self.output()}")
-            self.lines.append(item)
-            if (match := regex.search(item)) is not None:
-                return match
-
-    def finish(self, timeout: float = DEADLINE) -> int:
-        """Wait for exit and for the end of the output; return the exit code."""
-        try:
-            code = self.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait()
-            pytest.fail(f"process did not exit within {timeout}s; output:\n{self.output()}")
-        self._reader.join(timeout)
-        while (line := self._queue.get(timeout=timeout)) is not None:
-            self.lines.append(line)
-        assert self.popen.stdout is not None
-        self.popen.stdout.close()
-        return code
-
-    def all(self, pattern: str) -> list[re.Match[str]]:
-        return [m for line in self.lines if (m := re.search(pattern, line)) is not None]
 
 
 @pytest.fixture
@@ -111,7 +37,7 @@ def procs() -> Iterator[list[Proc]]:
 
 
 def start(procs: list[Proc], name: str, *args: str) -> Proc:
-    proc = Proc(name, *args)
+    proc = Proc([sys.executable, str(EXAMPLES / name), *args], REPO)
     procs.append(proc)
     return proc
 
