@@ -590,39 +590,25 @@ class TaskManager:
         state = self._run_state
         assert state is not None
         cancelled = state.err is not None
-        if exc is None and record.killed is None and not cancelled:
-            # The common case (a clean return while running) without the general path below.
-            action = _POLICIES[record.task_type, False]
-            if action.record_unexpected_stop:
-                self._fail(record, UnexpectedStop("unexpected shutdown for task process"), Stage.EXECUTE)
-            else:
-                record.state = TaskState.STOPPED
-                if self._subscribers:
-                    self._emit("stopped", record.name, None)
-            if action.cancel_all or action.counts_for_stop_group:
-                self._apply(record, action, record.error)
-        elif record.killed is not None:
+        if record.killed is not None:
+            # Killed after stop_timeout: one StopTimeout, then whatever it raised dying.
             self._fail(record, StopTimeout(record.killed), Stage.EXECUTE)
             if exc is not None and not isinstance(exc, GreenletExit):
                 self._record_error(record, exc, Stage.EXECUTE)
-                if isinstance(exc, KeyboardInterrupt | SystemExit) and self._fatal is None:
-                    self._fatal = exc
+                self._keep_fatal(exc)
         elif exc is None or (cancelled and isinstance(exc, GreenletExit)):
-            if cancelled:
+            # A clean stop (the common case: no exception, not cancelled, no killing).
+            action = None if cancelled else _POLICIES[record.task_type, False]
+            if action is not None and action.record_unexpected_stop:
+                self._fail(record, UnexpectedStop("unexpected shutdown for task process"), Stage.EXECUTE)
+            else:
                 record.state = TaskState.STOPPED
                 self._emit("stopped", record.name, None)
-            else:
-                action = _POLICIES[record.task_type, False]
-                if action.record_unexpected_stop:
-                    self._fail(record, UnexpectedStop("unexpected shutdown for task process"), Stage.EXECUTE)
-                else:
-                    record.state = TaskState.STOPPED
-                    self._emit("stopped", record.name, None)
+            if action is not None and (action.cancel_all or action.counts_for_stop_group):
                 self._apply(record, action, record.error)
         else:
             self._fail(record, exc, Stage.EXECUTE)
-            if isinstance(exc, KeyboardInterrupt | SystemExit) and self._fatal is None:
-                self._fatal = exc
+            self._keep_fatal(exc)
             if cancelled:
                 if record.task_type is TaskType.STOP_GROUP:
                     self._stop_group_left -= 1
@@ -632,6 +618,11 @@ class TaskManager:
             self._forget_finished_execute(record)
         if not self._running and self._phase is _Phase.STOPPING:
             self._drained.set()
+
+    def _keep_fatal(self, exc: BaseException) -> None:
+        """Remember the first KeyboardInterrupt / SystemExit, to re-raise from run()."""
+        if isinstance(exc, KeyboardInterrupt | SystemExit) and self._fatal is None:
+            self._fatal = exc
 
     def _apply(self, record: _Record, action: _Action, error: BaseException | None) -> None:
         if action.counts_for_stop_group:
@@ -709,8 +700,7 @@ class TaskManager:
             ctx.wait()
         except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt or a kill delivered to run()
             self._cancel_run(StopReason("stop", None, exc), exc)
-            if isinstance(exc, KeyboardInterrupt | SystemExit) and self._fatal is None:
-                self._fatal = exc
+            self._keep_fatal(exc)
         self._phase = _Phase.STOPPING
 
     def _join_executes(self) -> None:
@@ -742,8 +732,7 @@ class TaskManager:
         try:
             delivered.wait()
         except BaseException as exc:  # noqa: BLE001 - a further interruption: go on to the grace period
-            if isinstance(exc, KeyboardInterrupt | SystemExit) and self._fatal is None:
-                self._fatal = exc
+            self._keep_fatal(exc)
         grace = timeout if timeout is not None else 1.0
         if self._wait_drained(clock.now() + grace, honour_force=False):
             return
@@ -771,8 +760,7 @@ class TaskManager:
             try:
                 gevent.wait(waits, count=1)
             except BaseException as exc:  # noqa: BLE001 - a second interruption: force
-                if isinstance(exc, KeyboardInterrupt | SystemExit) and self._fatal is None:
-                    self._fatal = exc
+                self._keep_fatal(exc)
                 self._forced.set()
             finally:
                 if timer_cancel is not None:
@@ -802,8 +790,7 @@ class TaskManager:
         else:
             errors = self._call_with_timeout(record, fn, ctx, timeout, stage)
         for exc in errors:
-            if isinstance(exc, KeyboardInterrupt | SystemExit) and self._fatal is None:
-                self._fatal = exc
+            self._keep_fatal(exc)
             self._record_error(record, exc, stage)
         return errors[0] if errors else None
 
