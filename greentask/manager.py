@@ -331,6 +331,7 @@ class TaskManager:
         self._forced = Event()
         self._hub: Any = None
         self._thread_id: int | None = None
+        self._queue_lock = _allocate_lock()  # a real OS lock: guards _queued across threads
 
     # -- adding tasks -----------------------------------------------------------
 
@@ -383,8 +384,10 @@ class TaskManager:
         after every ``initialize`` succeeded (discarded if one fails). While running it
         starts at once. Once this returns during the execute phase, the task's
         ``execute`` is guaranteed to run and to be waited for before `run` returns.
-        Callable from any greenlet and from another OS thread (the work is handed to
-        the manager's hub).
+        Callable from any greenlet and from another OS thread, at any time: while
+        running the work is handed to the manager's hub (the call returns or raises as
+        usual); before the execute phase the queue is guarded by a real lock, so an add
+        racing the start of `run` is either queued and started or refused, never lost.
 
         Args:
             name: a non-empty string, used in errors, events, logs and `status`.
@@ -410,22 +413,43 @@ class TaskManager:
             execute = task
         if type(task_type) is not ExecuteTaskType:
             task_type = _coerce_type(task_type, ExecuteTaskType)
-        hub = self._hub
-        if hub is not None and _get_ident() != self._thread_id:
-            self._add_from_thread(hub, name, task, execute, task_type)
-        else:
-            self._add_execute(name, task, execute, task_type)
+        if self._phase is _Phase.EXECUTING:
+            hub = self._hub
+            if _get_ident() != self._thread_id:
+                self._add_from_thread(hub, name, task, execute, task_type)
+                return
+        elif self._queue_before_executing(name, task, execute, task_type):
+            return
+        self._add_execute(name, task, execute, task_type)
+
+    def _queue_before_executing(
+        self, name: str, task: object, execute: Callable[[Context], object], task_type: ExecuteTaskType
+    ) -> bool:
+        """Queue the task if the execute phase has not begun; False if it has (or is over).
+
+        Under a real lock: another OS thread may add while `run` starts the execute
+        phase, which takes the queue under the same lock.
+        """
+        with self._queue_lock:
+            if self._phase is _Phase.NEW or (
+                self._phase is _Phase.INITIALIZING and not (self._ctx is not None and self._ctx.cancelled)
+            ):
+                record = _Record(name, task, execute, "execute", task_type)
+                self._queued.append(record)
+                self._remember(record)
+                return True
+        if self._phase is _Phase.EXECUTING and self._hub is not None and _get_ident() != self._thread_id:
+            self._add_from_thread(self._hub, name, task, execute, task_type)
+            return True
+        return False
 
     def _add_execute(
         self, name: str, task: object, execute: Callable[[Context], object], task_type: ExecuteTaskType
     ) -> None:
+        """Start the task now if the manager is executing, else refuse (in the hub's thread)."""
         phase = self._phase
         cancelled = self._ctx is not None and self._ctx.cancelled
-        if phase is _Phase.NEW or (phase is _Phase.INITIALIZING and not cancelled):
-            record = _Record(name, task, execute, "execute", task_type)
-            self._queued.append(record)
-            self._remember(record)
-        elif phase is _Phase.EXECUTING and not cancelled:
+        if phase is _Phase.EXECUTING and not cancelled:
             record = _Record(name, task, execute, "execute", task_type)
             self._remember(record)
             self._start(record)
@@ -523,10 +547,11 @@ class TaskManager:
                 self._join_executes()
             else:
                 # The failed initialize triggers the shutdown, like a failed execute would.
-                self._queued.clear()
                 failed = initialized[-1]
                 self._stop_stage = Stage.INITIALIZE
                 self._cancel_run(StopReason("policy", failed.name, failed.error), failed.error)
+                with self._queue_lock:  # queued execute tasks are discarded, never run
+                    self._queued.clear()
             # 4. Clean up in reverse order, with a context that is never cancelled.
             self._phase = _Phase.CLEANING_UP
             self._cleanup_all(initialized, without_cancel(run_ctx))
@@ -555,9 +580,10 @@ class TaskManager:
         return done, True
 
     def _execute_all(self) -> None:
-        self._phase = _Phase.EXECUTING
+        with self._queue_lock:  # see _queue_before_executing
+            self._phase = _Phase.EXECUTING
+            queued, self._queued = self._queued, []
         self._emit("executing", None, None)
-        queued, self._queued = self._queued, []
         for record in self._tasks:
             self._start(record)
         for record in queued:

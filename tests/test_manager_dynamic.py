@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 import threading
 from typing import Any
 
@@ -454,3 +455,57 @@ def test_status_remembers_only_the_last_finished_execute_tasks(monkeypatch: pyte
     assert finish(runner) == []
     assert [s.name for s in manager.status()] == ["anchor", "job4", "job5", "running"]
     assert manager.status()[0].state is TaskState.DONE
+
+
+def test_adds_from_another_thread_racing_the_start_of_run_are_never_orphaned() -> None:
+    # A thread adds execute tasks as fast as it can while run() initializes, enters the
+    # execute phase and shuts down: every add that returned normally must have run
+    # before run() returned; the others were refused with ManagerStateError.
+    ran: list[int] = []
+    accepted: list[int] = []
+    refused: list[BaseException] = []
+    go = threading.Event()
+
+    def make(i: int) -> Any:
+        def execute(ctx: gt.Context) -> None:
+            ran.append(i)
+
+        return execute
+
+    def slow_initialize(ctx: gt.Context) -> None:
+        for _ in range(200):
+            gevent.sleep(0)
+
+    def returns_after_a_while(ctx: gt.Context) -> None:
+        for _ in range(200):
+            gevent.sleep(0)
+
+    manager = gt.TaskManager()
+    manager.add_task(
+        "anchor", FakeTask("anchor", initialize=slow_initialize, execute=returns_after_a_while), TaskType.STOP_GROUP
+    )
+
+    def adder() -> None:
+        go.wait(5)
+        for i in range(100_000):
+            try:
+                manager.add_execute_task(f"t{i}", make(i), ExecuteTaskType.ERROR)
+            except gt.ManagerStateError as exc:
+                refused.append(exc)
+                return
+            accepted.append(i)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: hit the race windows
+    try:
+        thread = threading.Thread(target=adder)
+        thread.start()
+        go.set()  # the thread is adding while run() starts up, initializes and executes
+        with gevent.Timeout(30):
+            errors = manager.run()
+        wait_thread(thread)
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
+    assert refused, "the thread kept adding until the manager refused"
+    assert sorted(ran) == accepted
