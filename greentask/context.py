@@ -217,12 +217,18 @@ class _State:
         return True
 
 
-def _check_seconds(name: str, value: object) -> float:
+def _check_seconds(name: str, value: object, *, positive: bool = False, finite: bool = False) -> float:
+    """Validate a duration: a number (not a bool), not NaN, >= 0 (> 0 if ``positive``),
+    and not infinite if ``finite``. Shared by every greentask argument in seconds."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         msg = f"{name} must be a number of seconds, got {value!r}"
         raise TypeError(msg)
-    if math.isnan(value) or value < 0:
-        msg = f"{name} must be a non-negative number of seconds, got {value!r}"
+    if not (value > 0 if positive else value >= 0) or (finite and math.isinf(value)):  # NaN fails both
+        if positive:
+            kind = "positive, finite" if finite else "positive"
+        else:
+            kind = "finite, non-negative" if finite else "non-negative"
+        msg = f"{name} must be a {kind} number of seconds, got {value!r}"
         raise ValueError(msg)
     return float(value)
 

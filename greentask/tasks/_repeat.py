@@ -18,8 +18,8 @@ from typing import Protocol
 import gevent
 from greenlet import GreenletExit
 
-from ..context import Cancelled, Context, with_deadline
-from ._wrap import InnerTask, Wrapper, check_positive_seconds
+from ..context import Cancelled, Context, _check_seconds, with_deadline
+from ._wrap import InnerTask, Wrapper
 
 __all__ = ["RepeatTimer", "Repeatable"]
 
@@ -146,7 +146,7 @@ class RepeatTimer(Wrapper):
     """
 
     def __init__(self, interval: float, task: InnerTask) -> None:
-        self._interval = check_positive_seconds("interval", interval)
+        self._interval = _check_seconds("interval", interval, positive=True, finite=True)
         super().__init__(task)
 
     @property

@@ -10,7 +10,6 @@ with gevent's default spawn, ``BaseServer.stop`` does not wait for its handlers
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
 from typing import Any, TypeAlias
@@ -21,7 +20,7 @@ from gevent.baseserver import BaseServer
 from gevent.greenlet import Greenlet
 from gevent.pool import Group, Pool
 
-from ..context import Context, with_timeout, without_cancel
+from ..context import Context, _check_seconds, with_timeout, without_cancel
 
 __all__ = ["Server"]
 
@@ -100,17 +99,6 @@ def wait_any(ctx: Context, objects: list[Any], timeout: float | None) -> None:
         gevent.wait([*objects, timer_ctx], count=1)
     finally:
         cancel()
-
-
-def check_timeout(name: str, value: object) -> float:
-    """Validate a non-negative number of seconds."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        msg = f"{name} must be a number of seconds, got {value!r}"
-        raise TypeError(msg)
-    if math.isnan(value) or value < 0:
-        msg = f"{name} must be a non-negative number of seconds, got {value!r}"
-        raise ValueError(msg)
-    return float(value)
 
 
 def drain(ctx: Context, pool: Group, timeout: float, where: str, *, warn: bool = True) -> bool:
@@ -204,7 +192,7 @@ class Server:
             msg = f"server must be a gevent server (gevent.baseserver.BaseServer), got {server!r}"
             raise TypeError(msg)
         self._server = server
-        self._stop_timeout = None if stop_timeout is None else check_timeout("stop_timeout", stop_timeout)
+        self._stop_timeout = None if stop_timeout is None else _check_seconds("stop_timeout", stop_timeout)
         # BaseServer.close() forgets a handle given to the constructor; keep it to rebind.
         self._handle: Any = server.__dict__.get("handle")
         self._pool: Pool | None = None

@@ -14,9 +14,9 @@ from typing import Any, TypeAlias
 import gevent
 import gevent.subprocess
 
-from ..context import Context, with_timeout, without_cancel
+from ..context import Context, _check_seconds, with_timeout, without_cancel
 from ..errors import StopTimeout
-from ._server import KILL_GRACE, check_timeout, wait_any
+from ._server import KILL_GRACE, wait_any
 
 __all__ = ["Subprocess"]
 
@@ -132,7 +132,7 @@ class Subprocess:
     ) -> None:
         self._args = _check_args(args)
         self._stop_signal = _check_signal(stop_signal)
-        self._stop_timeout = check_timeout("stop_timeout", stop_timeout)
+        self._stop_timeout = _check_seconds("stop_timeout", stop_timeout)
         for name in popen_kwargs:
             if name not in _POPEN_PARAMETERS:
                 msg = f"unexpected keyword argument {name!r}: popen_kwargs must be gevent.subprocess.Popen arguments"

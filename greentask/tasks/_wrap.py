@@ -9,14 +9,13 @@ when it has them and do nothing otherwise, so a wrapper can be added with
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
 from ..context import Context
 from ..manager import ExecuteTask, Task
 
-__all__ = ["InnerTask", "Wrapper", "check_positive_seconds"]
+__all__ = ["InnerTask", "Wrapper"]
 
 #: What a wrapper accepts: a `Task`, an `ExecuteTask`, or a plain ``fn(ctx)``.
 InnerTask: TypeAlias = Task | ExecuteTask | Callable[[Context], object]
@@ -32,17 +31,6 @@ def _optional_stage(task: object, stage: str) -> _Stage | None:
         msg = f"task.{stage} must be callable as {stage}(ctx), got {fn!r}"
         raise TypeError(msg)
     return fn  # type: ignore[no-any-return]
-
-
-def check_positive_seconds(name: str, value: object) -> float:
-    """Validate a strictly positive, finite number of seconds."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        msg = f"{name} must be a number of seconds, got {value!r}"
-        raise TypeError(msg)
-    if not (value > 0 and math.isfinite(value)):
-        msg = f"{name} must be a positive, finite number of seconds, got {value!r}"
-        raise ValueError(msg)
-    return float(value)
 
 
 class Wrapper:

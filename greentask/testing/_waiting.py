@@ -11,26 +11,17 @@ it last returned or raised.
 from __future__ import annotations
 
 import inspect
-import math
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
 import gevent
 
+from ..context import _check_seconds
+
 __all__ = ["consistently", "eventually"]
 
 T = TypeVar("T")
-
-
-def _check_seconds(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        msg = f"{name} must be a number of seconds, got {value!r}"
-        raise TypeError(msg)
-    if not (value >= 0 and math.isfinite(value)):
-        msg = f"{name} must be a finite, non-negative number of seconds, got {value!r}"
-        raise ValueError(msg)
-    return float(value)
 
 
 def _check_predicate(predicate: object) -> None:
@@ -90,8 +81,8 @@ def eventually(predicate: Callable[[], T], timeout: float = 5.0, interval: float
         eventually(lambda: server.connections == 1, timeout=5)
     """
     _check_predicate(predicate)
-    timeout = _check_seconds("timeout", timeout)
-    interval = _check_seconds("interval", interval)
+    timeout = _check_seconds("timeout", timeout, finite=True)
+    interval = _check_seconds("interval", interval, finite=True)
     deadline = time.monotonic() + timeout
     checks = 0
     last_value: object = None
@@ -139,8 +130,8 @@ def consistently(predicate: Callable[[], object], duration: float = 0.1, interva
         consistently(lambda: not harness.done, duration=0.05)
     """
     _check_predicate(predicate)
-    duration = _check_seconds("duration", duration)
-    interval = _check_seconds("interval", interval)
+    duration = _check_seconds("duration", duration, finite=True)
+    interval = _check_seconds("interval", interval, finite=True)
     start = time.monotonic()
     deadline = start + duration
     checks = 0
