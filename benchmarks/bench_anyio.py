@@ -6,6 +6,7 @@ after the grace period, like spawn_cancel does at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -16,10 +17,11 @@ from _common import FORCED_STOP_TIMEOUT, Boom, Probe, batches, churn_result, per
 BACKEND = "asyncio"
 
 
-def spawn_cancel(n: int) -> dict[str, Any]:
-    """N tasks in ``sleep_forever``: start them all, then cancel the task group."""
+def _park_all(n: int, mark: Callable[[], float]) -> tuple[Probe, tuple[float, float, float]]:
+    """N tasks in ``sleep_forever``; ``mark()`` read before the spawns, once all have
+    started (then the group is cancelled), and once it has exited (spawn_cancel, memory)."""
     probe = Probe(n)
-    marks: dict[str, float] = {}
+    marks: list[float] = []
 
     async def main() -> None:
         all_started = anyio.Event()
@@ -33,17 +35,22 @@ def spawn_cancel(n: int) -> dict[str, Any]:
             finally:
                 probe.stopped += 1
 
-        marks["t0"] = perf_counter()
+        marks.append(mark())
         async with anyio.create_task_group() as tg:
             for _ in range(n):
                 tg.start_soon(task)
             await all_started.wait()
-            marks["t1"] = perf_counter()
+            marks.append(mark())
             tg.cancel_scope.cancel()
-        marks["t2"] = perf_counter()
+        marks.append(mark())
 
     anyio.run(main, backend=BACKEND)
-    t0, t1, t2 = marks["t0"], marks["t1"], marks["t2"]
+    return probe, (marks[0], marks[1], marks[2])
+
+
+def spawn_cancel(n: int) -> dict[str, Any]:
+    """N tasks in ``sleep_forever``: start them all, then cancel the task group."""
+    probe, (t0, t1, t2) = _park_all(n, perf_counter)
     return result({"start_s": t1 - t0, "cancel_s": t2 - t1, "total_s": t2 - t0}, probe.fails())
 
 
@@ -162,31 +169,8 @@ def forced_stop(n: int) -> dict[str, Any]:
 
 def memory(n: int) -> dict[str, Any]:
     """RSS growth per parked task."""
-    probe = Probe(n)
-    marks: dict[str, int] = {}
-
-    async def main() -> None:
-        all_started = anyio.Event()
-
-        async def task() -> None:
-            probe.started += 1
-            if probe.started == n:
-                all_started.set()
-            try:
-                await anyio.sleep_forever()
-            finally:
-                probe.stopped += 1
-
-        marks["before"] = rss()
-        async with anyio.create_task_group() as tg:
-            for _ in range(n):
-                tg.start_soon(task)
-            await all_started.wait()
-            marks["after"] = rss()
-            tg.cancel_scope.cancel()
-
-    anyio.run(main, backend=BACKEND)
-    return result({"bytes_per_task": (marks["after"] - marks["before"]) / n}, probe.fails())
+    probe, (before, after, _) = _park_all(n, rss)
+    return result({"bytes_per_task": (after - before) / n}, probe.fails())
 
 
 def context_churn(count: int) -> dict[str, Any]:

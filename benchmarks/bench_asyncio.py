@@ -8,6 +8,7 @@ TaskGroup has no cancel method, so the body cancels it the idiomatic way: by rai
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from _common import FORCED_STOP_TIMEOUT, Boom, Probe, batches, churn_result, perf_counter, result, rss
@@ -17,10 +18,11 @@ class _Stop(Exception):
     """Raised by a TaskGroup body to cancel the group."""
 
 
-def spawn_cancel(n: int) -> dict[str, Any]:
-    """N tasks parked until cancelled: start them all, then cancel the group."""
+def _park_all(n: int, mark: Callable[[], float]) -> tuple[Probe, tuple[float, float, float]]:
+    """N tasks parked on a future each; ``mark()`` read before the spawns, once all have
+    started (then the group is cancelled), and once it has exited (spawn_cancel, memory)."""
     probe = Probe(n)
-    marks: dict[str, float] = {}
+    marks: list[float] = []
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -35,20 +37,25 @@ def spawn_cancel(n: int) -> dict[str, Any]:
             finally:
                 probe.stopped += 1
 
-        marks["t0"] = perf_counter()
+        marks.append(mark())
         try:
             async with asyncio.TaskGroup() as tg:
                 for _ in range(n):
                     tg.create_task(task())
                 await all_started.wait()
-                marks["t1"] = perf_counter()
+                marks.append(mark())
                 raise _Stop
         except* _Stop:
             pass
-        marks["t2"] = perf_counter()
+        marks.append(mark())
 
     asyncio.run(main())
-    t0, t1, t2 = marks["t0"], marks["t1"], marks["t2"]
+    return probe, (marks[0], marks[1], marks[2])
+
+
+def spawn_cancel(n: int) -> dict[str, Any]:
+    """N tasks parked until cancelled: start them all, then cancel the group."""
+    probe, (t0, t1, t2) = _park_all(n, perf_counter)
     return result({"start_s": t1 - t0, "cancel_s": t2 - t1, "total_s": t2 - t0}, probe.fails())
 
 
@@ -175,35 +182,8 @@ def forced_stop(n: int) -> dict[str, Any]:
 
 def memory(n: int) -> dict[str, Any]:
     """RSS growth per parked task."""
-    probe = Probe(n)
-    marks: dict[str, int] = {}
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        all_started = asyncio.Event()
-
-        async def task() -> None:
-            probe.started += 1
-            if probe.started == n:
-                all_started.set()
-            try:
-                await loop.create_future()
-            finally:
-                probe.stopped += 1
-
-        marks["before"] = rss()
-        try:
-            async with asyncio.TaskGroup() as tg:
-                for _ in range(n):
-                    tg.create_task(task())
-                await all_started.wait()
-                marks["after"] = rss()
-                raise _Stop
-        except* _Stop:
-            pass
-
-    asyncio.run(main())
-    return result({"bytes_per_task": (marks["after"] - marks["before"]) / n}, probe.fails())
+    probe, (before, after, _) = _park_all(n, rss)
+    return result({"bytes_per_task": (after - before) / n}, probe.fails())
 
 
 def context_churn(count: int) -> dict[str, Any]:

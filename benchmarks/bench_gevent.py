@@ -8,6 +8,7 @@ forced_stop tasks each wait on their own Event). No names, no records, no policy
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -17,8 +18,9 @@ from gevent.pool import Group
 from greenlet import GreenletExit
 
 
-def spawn_cancel(n: int) -> dict[str, Any]:
-    """N greenlets parked until cancelled: start them all, then cancel them all."""
+def _park_all(n: int, mark: Callable[[], float]) -> tuple[Probe, tuple[float, float, float]]:
+    """N greenlets parked on one shared Event; ``mark()`` read before the spawns,
+    once all have started, and once all have stopped (spawn_cancel and memory)."""
     probe = Probe(n)
     stop = Event()
     all_started = Event()
@@ -32,15 +34,20 @@ def spawn_cancel(n: int) -> dict[str, Any]:
         finally:
             probe.stopped += 1
 
-    t0 = perf_counter()
+    m0 = mark()
     group = Group()
     for _ in range(n):
         group.spawn(task)
     all_started.wait()
-    t1 = perf_counter()
+    m1 = mark()
     stop.set()
     group.join()
-    t2 = perf_counter()
+    return probe, (m0, m1, mark())
+
+
+def spawn_cancel(n: int) -> dict[str, Any]:
+    """N greenlets parked until cancelled: start them all, then cancel them all."""
+    probe, (t0, t1, t2) = _park_all(n, perf_counter)
     return result({"start_s": t1 - t0, "cancel_s": t2 - t1, "total_s": t2 - t0}, probe.fails())
 
 
@@ -163,27 +170,7 @@ def forced_stop(n: int) -> dict[str, Any]:
 
 def memory(n: int) -> dict[str, Any]:
     """RSS growth per parked greenlet."""
-    probe = Probe(n)
-    stop = Event()
-    all_started = Event()
-
-    def task() -> None:
-        probe.started += 1
-        if probe.started == n:
-            all_started.set()
-        try:
-            stop.wait()
-        finally:
-            probe.stopped += 1
-
-    before = rss()
-    group = Group()
-    for _ in range(n):
-        group.spawn(task)
-    all_started.wait()
-    after = rss()
-    stop.set()
-    group.join()
+    probe, (before, after, _) = _park_all(n, rss)
     return result({"bytes_per_task": (after - before) / n}, probe.fails())
 
 

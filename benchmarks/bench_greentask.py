@@ -7,6 +7,7 @@ per-task f-string would add its own ~0.1 us, not greentask's); they block with
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -22,11 +23,12 @@ def _error_fails(errors: list[gt.NamedError]) -> list[str]:
     return [] if not errors else [f"run() returned {len(errors)} errors, first {errors[0]}"]
 
 
-def spawn_cancel(n: int) -> dict[str, Any]:
-    """N execute tasks in ``ctx.wait()``: start them all, then `stop` the manager."""
+def _park_all(n: int, mark: Callable[[], float]) -> tuple[Probe, tuple[float, float, float], list[str]]:
+    """N execute tasks in ``ctx.wait()``; ``mark()`` read before the adds, once all have
+    started (then `stop`), and once ``run()`` returned (spawn_cancel and memory)."""
     probe = Probe(n)
     all_started = Event()
-    marks: dict[str, float] = {}
+    marks: list[float] = []
     manager = gt.TaskManager()
 
     def task(ctx: gt.Context) -> None:
@@ -40,18 +42,21 @@ def spawn_cancel(n: int) -> dict[str, Any]:
 
     def controller() -> None:
         all_started.wait()
-        marks["t1"] = perf_counter()
+        marks.append(mark())
         manager.stop()
 
     gevent.spawn(controller)
-    t0 = perf_counter()
+    m0 = mark()
     for _ in range(n):
         manager.add_execute_task("task", task)
     errors = manager.run()
-    t2 = perf_counter()
-    t1 = marks["t1"]
-    metrics = {"start_s": t1 - t0, "cancel_s": t2 - t1, "total_s": t2 - t0}
-    return result(metrics, probe.fails() + _error_fails(errors))
+    return probe, (m0, marks[0], mark()), _error_fails(errors)
+
+
+def spawn_cancel(n: int) -> dict[str, Any]:
+    """N execute tasks in ``ctx.wait()``: start them all, then `stop` the manager."""
+    probe, (t0, t1, t2), errors = _park_all(n, perf_counter)
+    return result({"start_s": t1 - t0, "cancel_s": t2 - t1, "total_s": t2 - t0}, probe.fails() + errors)
 
 
 def spawn_complete(n: int) -> dict[str, Any]:
@@ -165,31 +170,8 @@ def forced_stop(n: int) -> dict[str, Any]:
 
 def memory(n: int) -> dict[str, Any]:
     """RSS growth per execute task parked in ``ctx.wait()``."""
-    probe = Probe(n)
-    all_started = Event()
-    marks: dict[str, int] = {}
-    manager = gt.TaskManager()
-
-    def task(ctx: gt.Context) -> None:
-        probe.started += 1
-        if probe.started == n:
-            all_started.set()
-        try:
-            ctx.wait()
-        finally:
-            probe.stopped += 1
-
-    def controller() -> None:
-        all_started.wait()
-        marks["after"] = rss()
-        manager.stop()
-
-    before = rss()
-    gevent.spawn(controller)
-    for _ in range(n):
-        manager.add_execute_task("task", task)
-    errors = manager.run()
-    return result({"bytes_per_task": (marks["after"] - before) / n}, probe.fails() + _error_fails(errors))
+    probe, (before, after, _), errors = _park_all(n, rss)
+    return result({"bytes_per_task": (after - before) / n}, probe.fails() + errors)
 
 
 def context_churn(count: int) -> dict[str, Any]:
