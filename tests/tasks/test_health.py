@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import errno
 import json
-import socket
 from typing import Any
 
 import gevent
 import gevent.socket
 import pytest
+from _net import can_bind, can_connect
 from gevent.event import Event
 
 import greentask as gt
@@ -47,30 +46,6 @@ def status_json(address: tuple[str, int]) -> dict[str, Any]:
     assert headers["content-type"] == "application/json; charset=utf-8"
     result: dict[str, Any] = json.loads(body)
     return result
-
-
-def refused(address: tuple[str, int]) -> bool:
-    try:
-        sock = gevent.socket.create_connection(address, timeout=5)
-    except ConnectionRefusedError:
-        return True
-    sock.close()
-    return False
-
-
-def can_bind(address: tuple[str, int]) -> bool:
-    """Whether a server could bind ``address`` now (SO_REUSEADDR, as gevent's servers do)."""
-    sock = gevent.socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(address)
-    except OSError as exc:
-        if exc.errno != errno.EADDRINUSE:
-            raise
-        return False
-    finally:
-        sock.close()
-    return True
 
 
 # -- through a manager's whole life ---------------------------------------------
@@ -156,7 +131,7 @@ def test_probes_follow_the_manager_through_its_lifecycle() -> None:
         assert run.get() == []
 
     # The health server was cleaned up last: the port is released.
-    assert refused(address)
+    assert not can_connect(address)
     assert can_bind(address)
 
 
@@ -223,7 +198,7 @@ def test_answers_from_initialize_until_cleanup() -> None:
         assert get(address, "/livez") == (200, "ok: new\n")
         assert get(address, "/readyz") == (503, "not ready: new\n")
     health.cleanup(gt.background())
-    assert refused(address)
+    assert not can_connect(address)
     assert can_bind(address)
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import errno
 import logging
-import socket
 from collections.abc import Callable, Iterator
 
 import gevent
 import gevent.socket
 import pytest
+from _net import can_bind, can_connect
 from gevent.event import Event
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
@@ -33,30 +33,6 @@ def http_request(address: tuple[str, int], path: str, method: str = "GET") -> tu
             chunks.append(data)
     head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
     return int(head.split()[1]), body
-
-
-def can_connect(address: tuple[str, int]) -> bool:
-    try:
-        sock = gevent.socket.create_connection(address, timeout=5)
-    except ConnectionRefusedError:
-        return False
-    sock.close()
-    return True
-
-
-def can_bind(address: tuple[str, int]) -> bool:
-    """Whether a server could bind ``address`` now (SO_REUSEADDR, as gevent's servers do)."""
-    sock = gevent.socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(address)
-    except OSError as exc:
-        if exc.errno != errno.EADDRINUSE:
-            raise
-        return False
-    finally:
-        sock.close()
-    return True
 
 
 class App:
