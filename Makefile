@@ -11,9 +11,10 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-# The bench extra (trio, anyio, psutil) is small and lets the benchmark smoke test run.
+# The bench extra (trio, anyio, psutil) lets the benchmark smoke test run; gunicorn and
+# metrics are the optional extras whose tests always run.
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e '.[test,dev,bench]'
+	$(PY) -m pip install -q -e '.[test,dev,bench,gunicorn,metrics]'
 	touch $(STAMP)
 
 demo: $(STAMP)

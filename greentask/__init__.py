@@ -21,6 +21,7 @@ from .context import with_value as with_value
 from .context import without_cancel as without_cancel
 from .errors import ManagerEvent as ManagerEvent
 from .errors import ManagerStateError as ManagerStateError
+from .errors import RestartLimitExceeded as RestartLimitExceeded
 from .errors import NamedError as NamedError
 from .errors import Stage as Stage
 from .errors import StopReason as StopReason
@@ -29,11 +30,14 @@ from .errors import TaskState as TaskState
 from .errors import TaskStatus as TaskStatus
 from .errors import UnexpectedStop as UnexpectedStop
 from .errors import errors_to_group as errors_to_group
+from ._types import StopOrder as StopOrder
+from .handle import TaskHandle as TaskHandle
 from .manager import ExecuteTask as ExecuteTask
 from .manager import ExecuteTaskType as ExecuteTaskType
 from .manager import Task as Task
 from .manager import TaskManager as TaskManager
 from .manager import TaskType as TaskType
+from .restart import Restart as Restart
 from .runner import run as run
 
 __version__ = "0.1.0"
@@ -49,10 +53,14 @@ __all__ = [
     "ManagerEvent",
     "ManagerStateError",
     "NamedError",
+    "Restart",
+    "RestartLimitExceeded",
     "Stage",
     "StopReason",
+    "StopOrder",
     "StopTimeout",
     "Task",
+    "TaskHandle",
     "TaskManager",
     "TaskState",
     "TaskStatus",

@@ -394,6 +394,30 @@ class Context:
         """The clock all durations of this context are measured on."""
         return self._clock
 
+    @property
+    def task_name(self) -> str | None:
+        """The name of the manager's task this context belongs to, or None outside a task.
+
+        Set on the context a `TaskManager` gives each task (and seen by every context
+        derived from it); a nested manager's task sees its own name, not the path.
+        """
+        info = self.value(_TASK_KEY)
+        return None if info is None else str(info.name)
+
+    @property
+    def stop_deadline(self) -> float | None:
+        """When (clock time) the manager will kill this task, once it is being stopped.
+
+        None before this context is cancelled, outside a task, and when no
+        ``stop_timeout`` applies to the task. Draining tasks finish their own graceful
+        steps before it, so that a graceful stop never ends in the manager's kill.
+        """
+        state = self._state
+        if state is None or state.err is None:
+            return None
+        info = self.value(_TASK_KEY)
+        return None if info is None else info.stop_deadline  # type: ignore[no-any-return]
+
     def value(self, key: Hashable, default: Any = None) -> Any:
         """Return the value stored under ``key`` by `with_value` here or in a parent.
 
@@ -783,6 +807,38 @@ def with_timeout(parent: Context, seconds: float) -> tuple[Context, CancelFunc]:
     _check_context("parent", parent)
     seconds = _check_seconds("seconds", seconds)
     return with_deadline(parent, parent._clock.now() + seconds)
+
+
+#: The key under which a manager stores its task's record (``name``, ``label`` and
+#: ``stop_deadline`` attributes) in the task's context.
+_TASK_KEY: Any = object()
+
+
+def _task_context(parent: Context, info: object, *, linked: bool) -> tuple[Context, CancelFunc]:
+    """A manager's per-task context: a cancellable child carrying ``info`` under `_TASK_KEY`.
+
+    ``linked``: cancelled with ``parent`` (StopOrder.TOGETHER). Unlinked (REVERSE), it
+    keeps the parent's values, clock and deadline but is cancelled only by its own
+    ``cancel``: the manager cancels it at the task's turn. One object either way (O(1)).
+    """
+    parent_state = parent._state
+    if parent_state is None:
+        state = _State(None, None)
+    else:
+        state = _State(parent_state if linked else None, parent_state.deadline)
+        if linked:
+            state.attach(parent_state)
+    return Context(parent, state, parent._clock, _TASK_KEY, info), state.cancel
+
+
+def _task_label(ctx: Context) -> str:
+    """``"web: task 'poller'"`` for a task's context (manager and task), for log lines.
+
+    Falls back to ``"task"`` outside a manager's task.
+    """
+    info = ctx.value(_TASK_KEY)
+    label = None if info is None else getattr(info, "label", None)
+    return "task" if label is None else str(label)
 
 
 def with_value(parent: Context, key: Hashable, value: Any) -> Context:

@@ -9,6 +9,7 @@ Exception tree::
      +-- Exception
           +-- UnexpectedStop               a STRICT task returned before cancellation
           +-- StopTimeout                  something did not stop in time
+          +-- RestartLimitExceeded         a task with ``restart`` failed too often
           +-- RuntimeError
                +-- ManagerStateError       the manager is in the wrong state for a call
 
@@ -22,14 +23,14 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .manager import ExecuteTaskType, TaskType
+from ._types import ExecuteTaskType, TaskType
+
 
 __all__ = [
     "ManagerEvent",
     "ManagerStateError",
+    "RestartLimitExceeded",
     "NamedError",
     "Stage",
     "StopReason",
@@ -51,6 +52,15 @@ class StopTimeout(Exception):
     Used for an ``initialize`` over ``initialize_timeout``, an ``execute`` still running
     ``stop_timeout`` seconds after cancellation (killed or abandoned), a ``cleanup`` over
     ``cleanup_timeout``, and by `greentask.tasks.ForceStop` / `Subprocess`.
+    """
+
+
+class RestartLimitExceeded(Exception):
+    """Recorded when a task with a ``restart`` policy gives up (SPEC §11).
+
+    It failed more than ``max_restarts`` times within ``within`` seconds; its last
+    failure is ``__cause__`` (None after a clean return under ``on="always"``). The
+    task's policy then applies to this error as to any failure.
     """
 
 
@@ -76,15 +86,22 @@ class Stage(enum.StrEnum):
 class TaskState(enum.StrEnum):
     """Where a task is in its lifecycle.
 
-    Tasks from ``add_task`` go PENDING -> INITIALIZING -> RUNNING -> STOPPED or FAILED
-    -> CLEANING_UP -> DONE. Execute tasks go PENDING -> RUNNING -> STOPPED or FAILED.
-    A task whose initialize failed goes INITIALIZING -> FAILED -> CLEANING_UP -> DONE;
-    one never initialized (skipped) stays PENDING. No other transitions happen.
+    Tasks from ``add_task`` go PENDING -> INITIALIZING -> RUNNING -> STOPPING ->
+    STOPPED or FAILED -> CLEANING_UP -> DONE (RUNNING -> STOPPED or FAILED directly
+    when the execute ends before its context is cancelled). Execute tasks go PENDING
+    -> RUNNING -> (STOPPING ->) STOPPED or FAILED. A task whose initialize failed goes
+    INITIALIZING -> FAILED -> CLEANING_UP -> DONE; one never initialized (skipped)
+    stays PENDING. A restarted task goes FAILED or STOPPED -> (CLEANING_UP ->)
+    RESTARTING (the backoff wait) -> INITIALIZING (tasks) or RUNNING (execute tasks).
+    A task dropped by ``handle.stop()`` before it started goes PENDING -> DONE (an
+    execute task PENDING -> STOPPED).
     """
 
     PENDING = "pending"
     INITIALIZING = "initializing"
     RUNNING = "running"
+    STOPPING = "stopping"
+    RESTARTING = "restarting"
     STOPPED = "stopped"
     FAILED = "failed"
     CLEANING_UP = "cleaning_up"
@@ -115,7 +132,6 @@ class NamedError:
     execute_task_type: ExecuteTaskType | None = None
 
     def __post_init__(self) -> None:
-        from .manager import ExecuteTaskType, TaskType  # here: manager imports this module
 
         if not isinstance(self.task_name, str):
             msg = f"task_name must be a string, got {self.task_name!r}"
@@ -148,7 +164,9 @@ class TaskStatus:
     """A snapshot of one task, as returned by `TaskManager.status()`.
 
     ``started_at`` / ``stopped_at`` are context-clock times (``ctx.clock.now()``):
-    when ``execute`` started and when it returned or raised.
+    when ``execute`` (last) started and when it returned or raised. ``restarts`` counts
+    the restarts of a task with a ``restart`` policy (SPEC §11). Rows of a nested
+    manager's tasks carry path names (``"pipeline/db"``).
     """
 
     name: str
@@ -158,14 +176,16 @@ class TaskStatus:
     error: BaseException | None
     started_at: float | None
     stopped_at: float | None
+    restarts: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class ManagerEvent:
     """A lifecycle event delivered to ``on_event`` / ``subscribe`` callbacks.
 
-    ``kind`` is one of "initializing", "initialized", "started", "stopped", "failed",
-    "cleaning_up", "cleaned_up" (per task; ``task_name`` set) or "executing",
+    ``kind`` is one of "initializing", "initialized", "started", "stopped",
+    "failed", "restarting", "cleaning_up", "cleaned_up" (per task; ``task_name`` set,
+    a path name such as ``"pipeline/db"`` for a nested manager's task) or "executing",
     "cancelled", "done" (the manager; ``task_name`` None). ``error`` is the task's error
     for "failed", the cancellation cause for "cancelled", else None. ``at`` is the
     context-clock time.

@@ -28,7 +28,7 @@ import enum
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple
 
 import gevent
 from gevent.event import Event
@@ -48,6 +48,7 @@ from .context import (
     with_deadline,
     without_cancel,
 )
+from ._types import ExecuteTask, ExecuteTaskType, Task, TaskType
 from .errors import (
     ManagerEvent,
     ManagerStateError,
@@ -70,62 +71,6 @@ _allocate_lock: Callable[[], Any] = get_original("_thread", "allocate_lock")
 #: How many finished execute tasks `TaskManager.status` remembers. Execute tasks come
 #: and go (one per connection, per job); keeping all of them would grow without bound.
 FINISHED_EXECUTE_HISTORY = 1000
-
-
-class TaskType(enum.StrEnum):
-    """Failure policy of a task added with `TaskManager.add_task`.
-
-    ========== ========================= ==========================================
-    type       it raises                 it returns before cancellation
-    ========== ========================= ==========================================
-    STRICT     record, cancel all        record `UnexpectedStop`, cancel all
-    ERROR      record, cancel all        nothing: the others keep running
-    STOP_GROUP record, cancel all        counted; once every STOP_GROUP task has
-                                         returned (or raised), cancel all
-    ========== ========================= ==========================================
-    """
-
-    STRICT = "strict"
-    ERROR = "error"
-    STOP_GROUP = "stop_group"
-
-    def __str__(self) -> str:
-        return f"TaskType.{self.name}"
-
-
-class ExecuteTaskType(enum.StrEnum):
-    """Failure policy of a task added with `TaskManager.add_execute_task` (see `TaskType`)."""
-
-    STRICT = "strict"
-    ERROR = "error"
-
-    def __str__(self) -> str:
-        return f"ExecuteTaskType.{self.name}"
-
-
-@runtime_checkable
-class Task(Protocol):
-    """A long-running task: ``initialize``, ``execute`` and ``cleanup``, each given a ctx.
-
-    Returning means success (the value is ignored); raising means failure.
-    """
-
-    def initialize(self, ctx: Context) -> object:
-        """Prepare; runs serially in add order before any execute."""
-
-    def execute(self, ctx: Context) -> object:
-        """Do the work until ``ctx`` is cancelled; runs concurrently with the others."""
-
-    def cleanup(self, ctx: Context) -> object:
-        """Release resources; runs serially in reverse add order, ctx never cancelled."""
-
-
-@runtime_checkable
-class ExecuteTask(Protocol):
-    """A task with only ``execute(ctx)``; a plain callable ``fn(ctx)`` works too."""
-
-    def execute(self, ctx: Context) -> object:
-        """Do the work until ``ctx`` is cancelled."""
 
 
 class _Phase(enum.Enum):
