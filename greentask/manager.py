@@ -48,7 +48,7 @@ from .context import (
     with_deadline,
     without_cancel,
 )
-from ._types import ExecuteTask, ExecuteTaskType, Task, TaskType
+from ._types import ExecuteTask, ExecuteTaskType, StopOrder, Task, TaskType
 from .errors import (
     ManagerEvent,
     ManagerStateError,
@@ -243,7 +243,9 @@ class TaskManager:
         cleanup_timeout: float | None = None,
         on_event: Callable[[ManagerEvent], object] | None = None,
         name: str = "greentask",
+        stop_order: StopOrder | str = StopOrder.TOGETHER,
     ) -> None:
+        self._stop_order = StopOrder(stop_order)
         self._initialize_timeout = _check_optional_seconds("initialize_timeout", initialize_timeout)
         self._stop_timeout = _check_optional_seconds("stop_timeout", stop_timeout)
         self._cleanup_timeout = _check_optional_seconds("cleanup_timeout", cleanup_timeout)
@@ -883,6 +885,37 @@ class TaskManager:
 
     def _now(self) -> float:
         return float(self._clock_now())
+
+    # -- internal views for the runner, HealthServer and metrics -------------------
+
+    def _tree(self) -> list[tuple[str, TaskManager]]:
+        """This manager and its nested managers: ``(path, manager)``, root first as its name."""
+        return [(self._name, self)]
+
+    def _task_objects(self) -> list[tuple[str, object]]:
+        """``(path name, task object)`` of every task, depth first (the user's objects)."""
+        return [(record.name, record.task) for record in self._records.values()]
+
+    def _error_counts(self) -> dict[tuple[str, str], int]:
+        """``(path name, stage) -> count`` of recorded errors and restarted failures."""
+        counts: dict[tuple[str, str], int] = {}
+        for named in self._errors:
+            key = (named.task_name, named.stage.value)
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def _stop_timeout_counts(self) -> dict[str, int]:
+        """``path name -> count`` of `StopTimeout` errors recorded for the task."""
+        counts: dict[str, int] = {}
+        for named in self._errors:
+            if isinstance(named.error, StopTimeout):
+                counts[named.task_name] = counts.get(named.task_name, 0) + 1
+        return counts
+
+    def _stop_description(self) -> str:
+        """Why the manager is stopping, as its log line says it, or "" if it is not."""
+        reason = self._stop_reason
+        return "" if reason is None else _describe(reason, self._stop_stage)
 
     def __repr__(self) -> str:
         return f"<TaskManager {self._name!r} {self._phase.value} tasks={len(self._records)}>"
