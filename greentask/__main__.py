@@ -7,15 +7,20 @@ Runs the `TaskManager` found at ``module:attr`` with `greentask.run`:
    ``time.sleep`` cooperate with gevent;
 2. configures logging (``logging.basicConfig`` at ``--log-level``);
 3. imports ``module`` (the current directory is on ``sys.path``) and resolves ``attr``
-   (dotted paths allowed): a `TaskManager`, or a callable returning one, called with
-   no arguments;
+   (dotted paths allowed) with `load_manager`: a `TaskManager`, or a callable
+   returning one, called with no arguments;
 4. returns what `greentask.run` returns (0 clean, 1 errors recorded), with
-   ``--stop-timeout`` given to it.
+   ``--stop-timeout`` and ``--dump-signal`` given to it.
 
-A target that cannot be loaded ends with a one-line ``greentask: error: ...`` on
-stderr and exit code 2 (when the user's code itself raised while being imported or
-called, its traceback is printed first). Importing ``greentask`` (or this module)
-never monkey-patches anything; only `main` does.
+Every failure to produce a runnable manager (bad syntax, missing module or attribute,
+the module or the factory raised, not a `TaskManager`, a manager that has already run)
+ends with one line ``greentask: error: ...`` on stderr and exit code 2; the traceback
+of the user's exception is printed before it only with ``--log-level DEBUG`` (SPEC §15).
+Importing ``greentask`` (or this module) never monkey-patches anything; only `main`
+does.
+
+`load_manager` is shared with the gunicorn worker (`greentask.gunicorn`), which
+resolves ``GREENTASK_MANAGER`` the same way.
 """
 
 from __future__ import annotations
@@ -26,14 +31,16 @@ import logging
 import math
 import os
 import re
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import Any
 
 from .manager import TaskManager
 from .runner import run
 
-__all__ = ["main"]
+__all__ = ["ManagerLoadError", "load_manager", "main"]
 
 EXIT_USAGE = 2
 
@@ -52,23 +59,119 @@ Unless --no-patch is given, gevent.monkey.patch_all() runs before the module is
 imported.
 
 SIGINT and SIGTERM stop the manager gracefully; a second signal forces the stop
-(remaining execute tasks are killed, cleanup still runs). With NOTIFY_SOCKET set
-(systemd Type=notify), READY=1 and STOPPING=1 are sent."""
+(remaining execute tasks are killed, cleanup still runs). With --dump-signal, that
+signal logs every greenlet's stack and the task status, and the program goes on.
+With NOTIFY_SOCKET set (systemd Type=notify), READY=1 and STOPPING=1 are sent."""
 
 _EPILOG = """\
 exit status:
   0  the manager stopped cleanly (a graceful stop on a signal is clean)
   1  an error was recorded (a forced stop included); the errors are logged
-  2  bad arguments, or the target could not be loaded: bad syntax, missing module
-     or attribute, not a TaskManager nor a callable returning one, or the module
-     or factory raised
+  2  bad arguments, or no runnable manager could be loaded: bad syntax, missing
+     module or attribute, the module or factory raised (traceback with
+     --log-level DEBUG), not a TaskManager nor a callable returning one, or a
+     manager that has already run
 
 example:
-  python -m greentask --stop-timeout 10 myapp.main:build_manager"""
+  python -m greentask --stop-timeout 10 --dump-signal USR1 myapp.main:build_manager"""
 
 
-class _TargetError(Exception):
-    """The target could not be turned into a TaskManager; the message is the one line."""
+class ManagerLoadError(Exception):
+    """A ``module:attr`` target could not be turned into a runnable `TaskManager`.
+
+    ``str(exc)`` is the whole, one-line message (it names the target). When the
+    user's own code raised (importing the module, calling the factory), that
+    exception is ``__cause__``, with its traceback, for whoever wants to show it.
+    """
+
+
+def _import_module(name: str, target: str) -> object:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if name == missing or name.startswith(missing + "."):
+            msg = f"no module named {missing!r} (target {target!r})"
+            raise ManagerLoadError(msg) from None
+        msg = f"importing module {name!r} failed: {exc!r}"
+        raise ManagerLoadError(msg) from exc
+    except Exception as exc:
+        msg = f"importing module {name!r} failed: {exc!r}"
+        raise ManagerLoadError(msg) from exc
+
+
+def load_manager(target: str) -> TaskManager:
+    """Resolve ``module:attr`` to a `TaskManager` that can still run.
+
+    ``module`` is imported (as ``import_module`` does: ``sys.path`` applies), then
+    ``attr`` (dotted paths allowed) is looked up in it. A `TaskManager` is returned as
+    it is; a callable is called with no arguments and must return one (a factory: a
+    fresh manager on every call, which is what a process that forks workers wants).
+
+    Used by ``python -m greentask`` and by the gunicorn worker
+    (``GREENTASK_MANAGER``), so both accept and refuse the same targets with the
+    same messages.
+
+    Args:
+        target: ``"module:attr"``, e.g. ``"myapp.main:build_manager"``.
+
+    Returns:
+        The manager, in phase ``"new"``.
+
+    Raises:
+        ManagerLoadError: the target is malformed, the module or attribute is
+            missing, importing the module or calling the factory raised (that
+            exception is ``__cause__``), the result is not a `TaskManager`, or the
+            manager has already run (or is running). The message is one line.
+    """
+    if not isinstance(target, str):
+        msg = f"target must be a string 'module:attr', got {target!r}"
+        raise ManagerLoadError(msg)
+    match = _TARGET.match(target)
+    if match is None:
+        msg = f"target must look like 'module:attr' (e.g. 'myapp.main:manager'), got {target!r}"
+        raise ManagerLoadError(msg)
+    module_name, attr_path = match["module"], match["attr"]
+    obj = _import_module(module_name, target)
+    parts = attr_path.split(".")
+    for index, part in enumerate(parts):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            missing = ".".join(parts[: index + 1])
+            msg = f"module {module_name!r} has no attribute {missing!r} (target {target!r})"
+            raise ManagerLoadError(msg) from None
+    if isinstance(obj, TaskManager):
+        manager = obj
+    elif not callable(obj):
+        msg = f"{target!r} is neither a TaskManager nor a callable returning one, got {_short_repr(obj)}"
+        raise ManagerLoadError(msg)
+    else:
+        try:
+            result = obj()
+        except Exception as exc:
+            msg = f"calling {target!r} failed: {_short_repr(exc)}"
+            raise ManagerLoadError(msg) from exc
+        if not isinstance(result, TaskManager):
+            msg = f"{target!r} returned {_short_repr(result)}, expected a TaskManager"
+            raise ManagerLoadError(msg)
+        manager = result
+    if manager.phase != "new":
+        msg = (
+            f"{target!r} is a TaskManager that has already run (phase {manager.phase!r}); "
+            "a manager runs once: name a factory that builds a fresh one"
+        )
+        raise ManagerLoadError(msg)
+    return manager
+
+
+def _short_repr(obj: object) -> str:
+    """``repr(obj)`` on one line, or a placeholder when its ``__repr__`` raises."""
+    try:
+        text = repr(obj)
+    except Exception:  # noqa: BLE001 - the user's object: never let its repr break the message
+        return f"<{type(obj).__qualname__} object (repr failed)>"
+    return " ".join(text.split())
 
 
 def _stop_timeout(text: str) -> float:
@@ -81,6 +184,29 @@ def _stop_timeout(text: str) -> float:
         msg = f"must be a non-negative number of seconds, got {text!r}"
         raise argparse.ArgumentTypeError(msg)
     return value
+
+
+def _signal(text: str) -> signal.Signals:
+    """``SIGUSR1``, ``USR1`` (any case) or a number, as a catchable `signal.Signals`."""
+    name = text.strip().upper()
+    member: signal.Signals | None = None
+    if name.isdigit():
+        try:
+            member = signal.Signals(int(name))
+        except ValueError:
+            member = None
+    else:
+        member = getattr(signal.Signals, name if name.startswith("SIG") else "SIG" + name, None)
+    if member is None:
+        msg = f"must be a signal name or number such as SIGUSR1, USR1 or {int(signal.SIGUSR1)}, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    if member in (signal.SIGKILL, signal.SIGSTOP):
+        msg = f"{member.name} cannot be caught, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    if member in (signal.SIGINT, signal.SIGTERM):
+        msg = f"{member.name} already stops the manager; pick another signal such as SIGUSR1, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return member
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -105,64 +231,23 @@ def _parser() -> argparse.ArgumentParser:
         "(overrides the manager's stop_timeout; default: the manager's)",
     )
     parser.add_argument(
+        "--dump-signal",
+        metavar="SIG",
+        type=_signal,
+        default=None,
+        help="on this signal (e.g. SIGUSR1, USR1 or a number), log every greenlet's stack and the "
+        "task status at INFO, and keep running (default: none)",
+    )
+    parser.add_argument(
         "--log-level",
         metavar="L",
         type=str.upper,
         choices=_LEVELS,
         default="INFO",
-        help=f"logging level, one of {', '.join(_LEVELS)} (case-insensitive; default: INFO)",
+        help=f"logging level, one of {', '.join(_LEVELS)} (case-insensitive; default: INFO); "
+        "DEBUG also prints the traceback when loading the target fails",
     )
     return parser
-
-
-def _import_module(name: str, target: str) -> object:
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        missing = exc.name or ""
-        if name == missing or name.startswith(missing + "."):
-            msg = f"no module named {missing!r} (target {target!r})"
-            raise _TargetError(msg) from None
-        traceback.print_exc()
-        msg = f"importing module {name!r} failed: {exc!r}"
-        raise _TargetError(msg) from None
-    except Exception as exc:  # noqa: BLE001 - the user's code failed: report it, exit 2
-        traceback.print_exc()
-        msg = f"importing module {name!r} failed: {exc!r}"
-        raise _TargetError(msg) from None
-
-
-def _load(target: str) -> TaskManager:
-    """Resolve ``module:attr`` to a TaskManager, or raise `_TargetError`."""
-    match = _TARGET.match(target)
-    if match is None:
-        msg = f"target must look like 'module:attr' (e.g. 'myapp.main:manager'), got {target!r}"
-        raise _TargetError(msg)
-    module_name, attr_path = match["module"], match["attr"]
-    obj = _import_module(module_name, target)
-    parts = attr_path.split(".")
-    for index, part in enumerate(parts):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            missing = ".".join(parts[: index + 1])
-            msg = f"module {module_name!r} has no attribute {missing!r} (target {target!r})"
-            raise _TargetError(msg) from None
-    if isinstance(obj, TaskManager):
-        return obj
-    if not callable(obj):
-        msg = f"{target!r} is neither a TaskManager nor a callable returning one, got {obj!r}"
-        raise _TargetError(msg)
-    try:
-        result = obj()
-    except Exception as exc:  # noqa: BLE001 - the user's code failed: report it, exit 2
-        traceback.print_exc()
-        msg = f"calling {target!r} failed: {exc!r}"
-        raise _TargetError(msg) from None
-    if not isinstance(result, TaskManager):
-        msg = f"{target!r} returned {result!r}, expected a TaskManager"
-        raise _TargetError(msg)
-    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -173,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         0 when the manager stopped cleanly, 1 when it recorded errors, 2 for bad
-        arguments or a target that could not be loaded.
+        arguments or a target that did not give a runnable manager.
     """
     parser = _parser()
     try:
@@ -194,12 +279,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.path.insert(0, cwd)
 
     try:
-        manager = _load(args.target)
-    except _TargetError as exc:
+        manager = load_manager(args.target)
+    except ManagerLoadError as exc:
+        if args.log_level == "DEBUG" and exc.__cause__ is not None:
+            traceback.print_exception(exc.__cause__, file=sys.stderr)
         print(f"greentask: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
-    return run(manager, stop_timeout=args.stop_timeout)
+    options: dict[str, Any] = {"stop_timeout": args.stop_timeout}
+    if args.dump_signal is not None:
+        options["dump_signal"] = args.dump_signal
+    return run(manager, **options)
 
 
 if __name__ == "__main__":

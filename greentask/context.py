@@ -269,13 +269,18 @@ def _call_logged(fn: Callable[[], object]) -> None:
 
 
 class _AfterFunc:
-    __slots__ = ("fn",)
+    __slots__ = ("fn", "group")
 
-    def __init__(self, fn: Callable[[], object]) -> None:
+    def __init__(self, fn: Callable[[], object], group: Any = None) -> None:
         self.fn = fn
+        self.group = group  # a manager's Group: it waits for these before cleanup
 
     def fire(self) -> None:
-        gevent.spawn(_call_logged, self.fn)
+        group = self.group
+        if group is None:
+            gevent.spawn(_call_logged, self.fn)
+        else:
+            group.spawn(_call_logged, self.fn)
 
 
 class CancelScope:
@@ -416,7 +421,7 @@ class Context:
         if state is None or state.err is None:
             return None
         info = self.value(_TASK_KEY)
-        return None if info is None else info.stop_deadline  # type: ignore[no-any-return]
+        return None if info is None else info.stop_deadline
 
     def value(self, key: Hashable, default: Any = None) -> Any:
         """Return the value stored under ``key`` by `with_value` here or in a parent.
@@ -559,7 +564,8 @@ class Context:
         if not callable(fn):
             msg = f"fn must be callable, got {fn!r}"
             raise TypeError(msg)
-        entry = _AfterFunc(fn)
+        owner = self.value(_RUN_KEY)
+        entry = _AfterFunc(fn, None if owner is None else owner.after_group)
         state = self._state
         if state is None:
             return _stopped
@@ -812,10 +818,16 @@ def with_timeout(parent: Context, seconds: float) -> tuple[Context, CancelFunc]:
 #: The key under which a manager stores its task's record (``name``, ``label`` and
 #: ``stop_deadline`` attributes) in the task's context.
 _TASK_KEY: Any = object()
+#: The key under which a manager stores itself in its run context (an object with an
+#: ``after_group``: the `on_cancel` callbacks of its contexts run in that group, so the
+#: manager can wait for them before cleanup).
+_RUN_KEY: Any = object()
 
 
-def _task_context(parent: Context, info: object, *, linked: bool) -> tuple[Context, CancelFunc]:
-    """A manager's per-task context: a cancellable child carrying ``info`` under `_TASK_KEY`.
+def _task_context(
+    parent: Context, info: object, *, linked: bool, key: Any = _TASK_KEY
+) -> tuple[Context, CancelFunc]:
+    """A manager's per-task (or run) context: a cancellable child carrying ``info`` under ``key``.
 
     ``linked``: cancelled with ``parent`` (StopOrder.TOGETHER). Unlinked (REVERSE), it
     keeps the parent's values, clock and deadline but is cancelled only by its own
@@ -828,7 +840,26 @@ def _task_context(parent: Context, info: object, *, linked: bool) -> tuple[Conte
         state = _State(parent_state if linked else None, parent_state.deadline)
         if linked:
             state.attach(parent_state)
-    return Context(parent, state, parent._clock, _TASK_KEY, info), state.cancel
+    return Context(parent, state, parent._clock, key, info), state.cancel
+
+
+def _release(ctx: Context) -> None:
+    """Detach a finished task's context from its parent without cancelling it (O(1)).
+
+    A manager's run context would otherwise keep every finished task's context alive.
+    The released context is no longer reached by the parent's cancellation.
+    """
+    state = ctx._state
+    if state is None:
+        return
+    parent = state.parent
+    if parent is not None:
+        children = parent.children
+        if children is not None:
+            children.discard(state)
+            if not children:
+                parent.children = None
+        state.parent = None
 
 
 def _task_label(ctx: Context) -> str:

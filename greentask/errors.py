@@ -156,7 +156,11 @@ class NamedError:
             raise ValueError(msg)
 
     def __str__(self) -> str:
-        return f"{self.stage.value}: task {self.task_name!r}: {self.error!r}"
+        try:
+            text = repr(self.error)
+        except BaseException:  # noqa: BLE001 - a broken __repr__ must not break logging
+            text = f"<{type(self.error).__name__} object (repr() failed)>"
+        return f"{self.stage.value}: task {self.task_name!r}: {text}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,8 @@ def test_task_state_values_and_str() -> None:
         "pending",
         "initializing",
         "running",
+        "stopping",
+        "restarting",
         "stopped",
         "failed",
         "cleaning_up",

@@ -12,6 +12,7 @@ import pytest
 from gevent.event import Event
 
 import greentask as gt
+import greentask._base
 import greentask.manager
 from greentask import ExecuteTaskType, ManagerStateError, NamedError, Stage, StopReason, TaskState, TaskType
 from greentask.testing import CallLog, FakeClock, FakeExecuteTask, FakeTask, settle
@@ -85,7 +86,7 @@ def test_execute_task_queued_during_initialize_is_discarded_when_an_initialize_f
         [error] = manager.run()
     assert error.task_name == "b"
     assert queued.execute_call_count == 0
-    assert {s.name: s.state for s in manager.status()}["queued"] is TaskState.PENDING
+    assert {s.name: s.state for s in manager.status()}["queued"] is TaskState.STOPPED  # SPEC §9
 
 
 def test_execute_task_added_during_initialize_after_a_stop_is_refused() -> None:
@@ -441,7 +442,7 @@ def test_stop_from_another_thread() -> None:
 
 
 def test_status_remembers_only_the_last_finished_execute_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(greentask.manager, "FINISHED_EXECUTE_HISTORY", 3)
+    monkeypatch.setattr(greentask._base, "FINISHED_EXECUTE_HISTORY", 3)
     manager = gt.TaskManager()
     manager.add_task("anchor", FakeTask.blocking())
     runner = start(manager)

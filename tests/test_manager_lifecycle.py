@@ -40,15 +40,17 @@ def run(manager: gt.TaskManager, ctx: gt.Context | None = None) -> list[NamedErr
 # -- refused calls ------------------------------------------------------------------
 
 
-def test_add_task_while_running_is_refused() -> None:
+def test_add_task_while_executing_is_accepted_since_part_ii() -> None:
+    # SPEC §9 changed Part I's rule: a task may be added during the execute phase.
     manager = gt.TaskManager()
     manager.add_task("a", FakeTask.blocking())
     runner = start(manager)
-    with pytest.raises(ManagerStateError, match=r"^task manager is already running; will not manage task$"):
-        manager.add_task("b", FakeTask())
+    handle = manager.add_task("b", FakeTask.blocking())
+    assert handle.wait_running(timeout=5)
     manager.stop()
     assert finish(runner) == []
-    assert [s.name for s in manager.status()] == ["a"]
+    assert [s.name for s in manager.status()] == ["a", "b"]
+    assert [s.state for s in manager.status()] == [gt.TaskState.DONE, gt.TaskState.DONE]
 
 
 def test_add_task_during_initialize_is_refused() -> None:
@@ -235,7 +237,7 @@ def test_initialize_failure_skips_the_rest_and_cleans_up_in_reverse_from_the_fai
         "b": TaskState.DONE,
         "c": TaskState.DONE,
         "d": TaskState.PENDING,
-        "queued": TaskState.PENDING,
+        "queued": TaskState.STOPPED,  # SPEC §9: a discarded execute task ends STOPPED
     }
 
 

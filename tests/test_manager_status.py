@@ -86,7 +86,7 @@ def test_status_follows_every_transition_on_the_clock() -> None:
     manager.stop()
     settle()
     assert manager.phase == "stopping"
-    assert snapshot() == [("a", TaskState.STOPPED, 11.0, 13.0), ("x", TaskState.RUNNING, 11.0, None)]
+    assert snapshot() == [("a", TaskState.STOPPED, 11.0, 13.0), ("x", TaskState.STOPPING, 11.0, None)]  # SPEC §9
     clock.advance(1)
     stop_gate.set()
     settle()

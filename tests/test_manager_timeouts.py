@@ -77,7 +77,7 @@ def test_stop_timeout_kills_a_task_that_ignores_cancellation(clock: FakeClock, k
     assert not runner.dead
     assert manager.phase == "stopping"
     states = {s.name: s.state for s in manager.status()}
-    assert states == {"polite": TaskState.STOPPED, "stubborn": TaskState.RUNNING}
+    assert states == {"polite": TaskState.STOPPED, "stubborn": TaskState.STOPPING}  # SPEC §9
     clock.advance(0.25)
     [error] = finish(runner)
     assert (error.task_name, error.stage, type(error.error)) == ("stubborn", E, StopTimeout)

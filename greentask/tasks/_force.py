@@ -8,8 +8,10 @@ from typing import Any
 import gevent
 from greenlet import GreenletExit
 
-from ..context import Context, _check_seconds, with_timeout, without_cancel
+from ..context import Context, _check_seconds, _task_label, with_timeout, without_cancel
 from ..errors import StopTimeout
+from ._common import check_inner_task, graceful_timeout, spawn_named
+from ._server import KILL_GRACE, join_all
 from ._wrap import InnerTask, Wrapper
 
 __all__ = ["ForceStop"]
@@ -37,26 +39,36 @@ def _run_captured(execute: Any, ctx: Context, outcome: _Outcome) -> None:
 class ForceStop(Wrapper):
     """Give the inner execute ``timeout`` seconds after cancellation, then kill it.
 
-    The inner ``execute`` runs in a child greenlet with the wrapper's own ``ctx``.
-    While ``ctx`` is not cancelled, ``ForceStop`` waits for it. A task that honours
-    cancellation stops on its own: whatever it returns or raises comes out of
-    ``ForceStop.execute`` unchanged (a ``Cancelled`` it raises too, which the manager
-    counts as a clean stop). Once ``ctx`` is cancelled, the child gets ``timeout``
-    seconds on the context clock; then it is killed with ``GreenletExit`` and
-    `StopTimeout` is raised (chained from any other error it raised while dying).
+    The inner ``execute`` runs in a child greenlet (named for the task) with the
+    wrapper's own ``ctx``. While ``ctx`` is not cancelled, ``ForceStop`` waits for it.
+    A task that honours cancellation stops on its own: whatever it returns or raises
+    comes out of ``ForceStop.execute`` unchanged (a ``Cancelled`` it raises too, which
+    the manager counts as a clean stop). Once ``ctx`` is cancelled, the child gets
+    ``timeout`` seconds on the context clock; then it is killed with ``GreenletExit``
+    and `StopTimeout` is raised (chained from any other error it raised while dying).
     Unlike Go, the greenlet really stops, as soon as it next yields to the hub. One
     that catches the kill and keeps blocking is given another ``timeout`` seconds to
     die, then abandoned (logged) and `StopTimeout` says so.
 
-    If the ``ForceStop`` greenlet itself is killed, the child is killed with it.
-    ``initialize`` and ``cleanup`` call the inner task's, if it has them, unbounded.
+    Inside a `TaskManager` with a ``stop_timeout``, the kill comes before the
+    manager's own (``ctx.stop_deadline``), by a margin of a tenth of the budget (at
+    most 1 s): ``timeout`` applies when it ends earlier than that. So
+    ``ForceStop(10, task)`` in ``TaskManager(stop_timeout=10)`` kills the inner execute
+    after about 9 s, and the `StopTimeout` it raises is ForceStop's, with its message.
+
+    If the ``ForceStop`` greenlet itself is killed (the manager's kill), it kills the
+    child and waits (up to 1 s on the context clock) for it to die before it ends:
+    nothing the task spawned outlives it, and a `Subprocess` inside has reaped its
+    process by then. ``initialize`` and ``cleanup`` call the inner task's, if it has
+    them, unbounded.
 
     Args:
         timeout: seconds (context clock) between cancellation and the kill (>= 0).
         task: a `greentask.Task`, an object with ``execute(ctx)``, or ``fn(ctx)``.
 
     Raises:
-        TypeError: ``timeout`` is not a number; ``task`` is None or has no execute.
+        TypeError: ``timeout`` is not a number; ``task`` is None, a class (not an
+            instance), an ``async def`` function or has no execute.
         ValueError: ``timeout`` is negative or NaN.
 
     Example::
@@ -70,6 +82,7 @@ class ForceStop(Wrapper):
 
     def __init__(self, timeout: float, task: InnerTask) -> None:
         self._timeout = _check_seconds("timeout", timeout)
+        check_inner_task("ForceStop", task)
         super().__init__(task)
 
     @property
@@ -88,36 +101,41 @@ class ForceStop(Wrapper):
             BaseException: whatever the inner execute raised, unchanged.
         """
         outcome = _Outcome()
-        child: gevent.Greenlet[..., Any] = gevent.spawn(_run_captured, self._execute, ctx, outcome)
+        child = spawn_named(ctx, "greentask ForceStop inner execute", _run_captured, self._execute, ctx, outcome)
         try:
             gevent.wait([child, ctx], count=1)  # type: ignore[type-var]
-            if not child.dead and not self._join(child, ctx):
-                child.kill(block=False)
-                killed = self._join(child, ctx)
-                if not killed:
-                    logger.error("greentask: %r: the inner execute refuses to die; abandoned", self)
-                self._raise_stop_timeout(outcome, killed)
-        finally:
             if not child.dead:
+                timeout = graceful_timeout(ctx, self._timeout, ctx.clock.now())
+                if not self._join(child, ctx, timeout):
+                    child.kill(block=False)
+                    killed = self._join(child, ctx, timeout)
+                    if not killed:
+                        logger.error("greentask: %s: the inner execute refuses to die; abandoned", _task_label(ctx))
+                    self._raise_stop_timeout(outcome, killed, timeout)
+        finally:
+            if not child.dead:  # ForceStop itself was killed: the child goes first
                 child.kill(block=False)
+                if not join_all(ctx, [child], KILL_GRACE):
+                    logger.error("greentask: %s: the inner execute refuses to die; abandoned", _task_label(ctx))
         if outcome.error is not None:
             raise outcome.error
         return outcome.value
 
-    def _join(self, child: gevent.Greenlet[..., Any], ctx: Context) -> bool:
+    def _join(self, child: gevent.Greenlet[..., Any], ctx: Context, timeout: float) -> bool:
         """Wait up to ``timeout`` (context clock) for ``child`` to finish; True if it did."""
-        timer, cancel = with_timeout(without_cancel(ctx), self._timeout)
+        timer, cancel = with_timeout(without_cancel(ctx), timeout)
         try:
             gevent.wait([child, timer], count=1)  # type: ignore[type-var]
         finally:
             cancel()
         return bool(child.dead)
 
-    def _raise_stop_timeout(self, outcome: _Outcome, killed: bool) -> None:
+    def _raise_stop_timeout(self, outcome: _Outcome, killed: bool, timeout: float) -> None:
+        seconds = round(timeout, 3)
         if killed:
-            msg = f"execute did not stop within {self._timeout}s of cancellation; killed"
+            msg = f"execute did not stop within {seconds}s of cancellation; killed"
         else:
-            msg = f"execute did not stop within {self._timeout}s of cancellation and refused to die; abandoned"
+            msg = f"execute did not stop within {seconds}s of cancellation and refused to die; abandoned"
         dying = outcome.error
         if dying is not None and not isinstance(dying, GreenletExit):
             raise StopTimeout(msg) from dying

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gevent.pool import Pool
 from gevent.pywsgi import LoggingLogAdapter, WSGIServer
@@ -14,6 +15,9 @@ from ..context import Context
 from ..errors import TaskState, TaskStatus
 from ..manager import TaskManager
 from ._server import bind, drain, format_address
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
 
 __all__ = ["HealthServer"]
 
@@ -25,8 +29,12 @@ _STATUS_LINES = {
     200: "200 OK",
     404: "404 Not Found",
     405: "405 Method Not Allowed",
+    500: "500 Internal Server Error",
     503: "503 Service Unavailable",
 }
+
+_TEXT = "text/plain; charset=utf-8"
+_JSON = "application/json; charset=utf-8"
 
 
 def _task_json(status: TaskStatus) -> dict[str, Any]:
@@ -38,11 +46,24 @@ def _task_json(status: TaskStatus) -> dict[str, Any]:
         "error": None if status.error is None else repr(status.error),
         "started_at": status.started_at,
         "stopped_at": status.stopped_at,
+        "restarts": status.restarts,
     }
 
 
+def _load_metrics(manager: TaskManager, registry: Collector | None) -> Any:
+    """The ``/metrics`` source, or None when prometheus-client is not installed."""
+    try:
+        metrics = importlib.import_module("greentask.metrics")
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.partition(".")[0] != "prometheus_client":
+            raise
+        logger.debug("greentask: health server: prometheus-client is not installed; /metrics answers 404")
+        return None
+    return metrics._exposition(manager, registry)
+
+
 class HealthServer:
-    """Serve ``/livez``, ``/readyz`` and ``/status`` over HTTP for a `TaskManager`.
+    """Serve ``/livez``, ``/readyz``, ``/status`` and ``/metrics`` over HTTP for a `TaskManager`.
 
     Add it as the manager's first task: it starts answering in its own
     ``initialize`` (so probes work while later tasks initialize) and stops in its
@@ -54,14 +75,25 @@ class HealthServer:
     - ``/livez``: 200 while the manager has not finished (``manager.phase`` is not
       "done"), else 503.
     - ``/readyz``: 200 only while the manager is in its execute phase, has not been
-      cancelled, and every task added with ``add_task`` is RUNNING; else 503, with
-      the reason in the body. Execute tasks (``add_execute_task``) come and go and do
-      not count.
+      cancelled, and every task added with ``add_task`` is RUNNING, the tasks of
+      nested managers included (their rows in ``status()``, with path names such as
+      ``"pipeline/db"``); else 503, with the reason in the body (``not ready: task
+      'db' is restarting``, ``... is stopping``). Execute tasks (``add_execute_task``)
+      come and go and do not count.
     - ``/status``: 200 with the JSON ``{"manager": {"phase": ..., "stop_reason": str
       or null}, "tasks": [{"name", "kind", "task_type", "state", "error",
-      "started_at", "stopped_at"}, ...]}`` built from ``manager.status()``: enums
-      as their values, ``error`` as the exception's repr or null, times on the
-      manager's context clock.
+      "started_at", "stopped_at", "restarts"}, ...]}`` built from
+      ``manager.status()`` (the whole tree, depth first): enums as their values,
+      ``error`` as the exception's repr or null (the latest failure of a restarted
+      task), times on the manager's context clock.
+    - ``/metrics``: the Prometheus text format (``CONTENT_TYPE_LATEST`` of
+      prometheus-client) when ``prometheus-client`` is installed, else 404. It holds
+      the content of ``registry`` (prometheus-client's default ``REGISTRY`` when
+      None, so your own metrics and the process collector are there) followed by
+      the families of `greentask.metrics.ManagerCollector` for ``manager``, from a
+      collector of the server's own that is registered nowhere: nothing is added to
+      the default registry, and a family the registry already has (your own
+      ``ManagerCollector``) is not exported twice.
 
     Other paths get 404, other methods 405. Bodies are not cached
     (``Cache-Control: no-store``). Requests are logged to the ``greentask`` logger
@@ -71,10 +103,12 @@ class HealthServer:
         manager: the manager to report on.
         host: the address to listen on.
         port: the port; 0 picks a free one (see `address`).
+        registry: what ``/metrics`` exports besides the manager's families; None:
+            prometheus-client's default ``REGISTRY``.
 
     Raises:
-        TypeError: ``manager`` is not a `TaskManager`, ``host`` not a string or
-            ``port`` not an int.
+        TypeError: ``manager`` is not a `TaskManager`, ``host`` not a string,
+            ``port`` not an int, or ``registry`` has no ``collect()``.
         ValueError: ``host`` is empty or ``port`` is outside 0-65535.
 
     Example::
@@ -85,7 +119,9 @@ class HealthServer:
         sys.exit(gt.run(manager))
     """
 
-    def __init__(self, manager: TaskManager, host: str = "127.0.0.1", port: int = 8081) -> None:
+    def __init__(
+        self, manager: TaskManager, host: str = "127.0.0.1", port: int = 8081, *, registry: Collector | None = None
+    ) -> None:
         if not isinstance(manager, TaskManager):
             msg = f"manager must be a greentask TaskManager, got {manager!r}"
             raise TypeError(msg)
@@ -101,7 +137,12 @@ class HealthServer:
         if not 0 <= port <= 65535:
             msg = f"port must be between 0 and 65535, got {port!r}"
             raise ValueError(msg)
+        if registry is not None and not callable(getattr(registry, "collect", None)):
+            msg = f"registry must be a prometheus_client CollectorRegistry or None, got {registry!r}"
+            raise TypeError(msg)
         self._manager = manager
+        self._registry = registry
+        self._metrics: Any = None  # the /metrics source, set up in initialize
         self._host = host
         self._port = port
         self._server: WSGIServer | None = None
@@ -128,6 +169,8 @@ class HealthServer:
         """
         if self._server is not None:
             self._stop(ctx)
+        if self._metrics is None:
+            self._metrics = _load_metrics(self._manager, self._registry)
         pool = Pool()
         server = WSGIServer(
             (self._host, self._port),
@@ -164,19 +207,23 @@ class HealthServer:
     def _app(self, environ: dict[str, Any], start_response: _StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO", "")
+        content_type = _TEXT
+        body: str | bytes
         if method not in ("GET", "HEAD"):
-            code, body, content_type = 405, "method not allowed: use GET or HEAD\n", "text/plain"
+            code, body = 405, "method not allowed: use GET or HEAD\n"
         elif path == "/livez":
-            code, body, content_type = *self._livez(), "text/plain"
+            code, body = self._livez()
         elif path == "/readyz":
-            code, body, content_type = *self._readyz(), "text/plain"
+            code, body = self._readyz()
         elif path == "/status":
-            code, body, content_type = 200, json.dumps(self._status_json()) + "\n", "application/json"
+            code, body, content_type = 200, json.dumps(self._status_json()) + "\n", _JSON
+        elif path == "/metrics":
+            code, body, content_type = self._metrics_text()
         else:
-            code, body, content_type = 404, f"not found: {path}; try /livez, /readyz or /status\n", "text/plain"
-        data = body.encode("utf-8")
+            code, body = 404, f"not found: {path}; try /livez, /readyz, /status or /metrics\n"
+        data = body if isinstance(body, bytes) else body.encode("utf-8")
         headers = [
-            ("Content-Type", f"{content_type}; charset=utf-8"),
+            ("Content-Type", content_type),
             ("Content-Length", str(len(data))),
             ("Cache-Control", "no-store"),
         ]
@@ -195,7 +242,7 @@ class HealthServer:
         manager = self._manager
         phase = manager.phase
         if phase != "executing" or manager.stop_reason is not None:
-            reason = f"shutting down: {manager.stop_reason}" if manager.stop_reason is not None else phase
+            reason = f"shutting down: {manager._stop_description()}" if manager.stop_reason is not None else phase
             return 503, f"not ready: {reason}\n"
         waiting = [
             f"{status.name!r} is {status.state.value}"
@@ -205,6 +252,16 @@ class HealthServer:
         if waiting:
             return 503, f"not ready: task {', task '.join(waiting)}\n"
         return 200, "ready\n"
+
+    def _metrics_text(self) -> tuple[int, str | bytes, str]:
+        if self._metrics is None:
+            return 404, "not found: /metrics needs prometheus-client (pip install 'greentask[metrics]')\n", _TEXT
+        try:
+            data, content_type = self._metrics.render()
+        except Exception:
+            logger.exception("%s: health server: collecting /metrics failed", self._manager.name)
+            return 500, "collecting metrics failed; see the log\n", _TEXT
+        return 200, data, content_type
 
     def _status_json(self) -> dict[str, Any]:
         """The ``/status`` document (see the class docstring)."""

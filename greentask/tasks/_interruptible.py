@@ -10,8 +10,9 @@ from collections.abc import Iterable
 from greenlet import GreenletExit
 
 from .._signals import SignalWatch, watch_signal
-from ..context import CancelFunc, Context, with_cancel, without_cancel
+from ..context import CancelFunc, Context, _task_label, with_cancel, without_cancel
 from ..errors import UnexpectedStop
+from ._common import check_inner_task
 from ._wrap import InnerTask, Wrapper
 
 __all__ = ["Interruptible"]
@@ -113,7 +114,7 @@ class Interruptible(Wrapper):
 
     Raises:
         TypeError: ``signals`` holds something other than signal numbers; ``task`` is
-            None or has no execute.
+            None, a class (not an instance), an ``async def`` function or has no execute.
         ValueError: ``signals`` is empty, or holds an invalid or uncatchable signal.
 
     Example::
@@ -124,6 +125,7 @@ class Interruptible(Wrapper):
 
     def __init__(self, signals: int | Iterable[int], task: InnerTask) -> None:
         self._signals = _check_signals(signals)
+        check_inner_task("Interruptible", task)
         super().__init__(task)
         self._run: _Run | None = None
         self._inner_cleaned = False  # a restart ran the inner cleanup, not yet re-initialized
@@ -179,7 +181,7 @@ class Interruptible(Wrapper):
                     msg = "unexpected shutdown for task process: execute returned without a signal or cancellation"
                     raise UnexpectedStop(msg)
                 run.pending = False
-                logger.info("greentask: %r: got %s; restarting the task", self, _signal_name(run.signum))
+                logger.info("greentask: %s: got %s; restarting the task", _task_label(ctx), _signal_name(run.signum))
                 # Restart: cleanup, then initialize (each error ends execute with it).
                 self._inner_cleaned = True
                 Wrapper.cleanup(self, without_cancel(ctx))

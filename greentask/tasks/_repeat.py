@@ -18,7 +18,8 @@ from typing import Protocol
 import gevent
 from greenlet import GreenletExit
 
-from ..context import Cancelled, Context, _check_seconds, with_deadline
+from ..context import Cancelled, Context, _check_seconds, _task_label, with_deadline
+from ._common import check_inner_task
 from ._wrap import InnerTask, Wrapper
 
 __all__ = ["RepeatTimer", "Repeatable"]
@@ -32,19 +33,27 @@ class _BackoffLike(Protocol):
     def reset(self) -> None: ...
 
 
+def _describe(exc: BaseException) -> str:
+    """``repr(exc)``, or a placeholder if its ``__repr__`` raises (it is user code)."""
+    try:
+        return repr(exc)
+    except Exception:  # noqa: BLE001 - the log line must still be written
+        return f"<{type(exc).__qualname__} (its repr failed)>"
+
+
 def _run_once(wrapper: Wrapper, ctx: Context) -> bool:
     """Run the inner execute once; return True if it failed (the failure is logged)."""
     try:
         wrapper._execute(ctx)
-    except Exception:
-        logger.exception("greentask: %r: a run of the inner execute failed", wrapper)
+    except Exception as exc:
+        logger.exception("greentask: %s: a run failed: %s", _task_label(ctx), _describe(exc))
         return True
     except GreenletExit as exc:
         if ctx.cancelled:
             return False  # the loop ends: the caller sees ctx.cancelled
         if not isinstance(exc, Cancelled):
             raise  # a kill: let it end this greenlet
-        logger.exception("greentask: %r: a run of the inner execute was cancelled by its own context", wrapper)
+        logger.exception("greentask: %s: a run was cancelled by its own context: %s", _task_label(ctx), _describe(exc))
         return True
     return False
 
@@ -63,14 +72,27 @@ class Repeatable(Wrapper):
     seconds (on the context clock; cancellation cuts it short) and a clean run resets
     the backoff. Without it, the next run starts right after the yield.
 
-    ``initialize`` and ``cleanup`` call the inner task's, if it has them.
+    ``initialize`` and ``cleanup`` call the inner task's, if it has them, once each:
+    a run that fails is retried with the same initialized task. Log lines name the
+    manager and the task (``greentask: web: task 'poller': a run failed: ...``).
+
+    When to use the manager's ``restart=gt.Restart(...)`` instead: `Repeatable` is a
+    loop inside one execute, for a body whose failures are routine and need no
+    fresh start (a poll, a retried fetch); nobody but the log sees them. Add the task
+    with ``manager.add_task(..., restart=gt.Restart(...))`` instead when a failure
+    should start the whole task over (``cleanup``, then ``initialize`` and ``execute``
+    again, e.g. to reconnect), when failing too often should give up and stop the
+    manager (a restart budget), or when restarts should be visible: in
+    ``manager.status()`` / ``TaskHandle.restarts``, the health server's ``/status``
+    and the manager's events.
 
     Args:
         task: a `greentask.Task`, an object with ``execute(ctx)``, or ``fn(ctx)``.
         backoff: a `Backoff` (anything with ``next_delay()`` and ``reset()``), or None.
 
     Raises:
-        TypeError: ``task`` is None or has no execute; ``backoff`` is not a Backoff.
+        TypeError: ``task`` is None, a class (not an instance), an ``async def``
+            function or has no execute; ``backoff`` is not a Backoff.
 
     Example::
 
@@ -81,6 +103,7 @@ class Repeatable(Wrapper):
     """
 
     def __init__(self, task: InnerTask, *, backoff: _BackoffLike | None = None) -> None:
+        check_inner_task("Repeatable", task)
         super().__init__(task)
         if backoff is not None and not (
             callable(getattr(backoff, "next_delay", None)) and callable(getattr(backoff, "reset", None))
@@ -105,7 +128,7 @@ class Repeatable(Wrapper):
                 gevent.idle()
             elif failed:
                 delay = backoff.next_delay()
-                logger.debug("greentask: %r: running it again in %.3fs", self, delay)
+                logger.debug("greentask: %s: running it again in %.3fs", _task_label(ctx), delay)
                 if not ctx.sleep(delay):
                     return
             else:
@@ -122,8 +145,8 @@ class RepeatTimer(Wrapper):
     interrupted; the next run is at the first grid point at or after its end: the
     ticks it missed are skipped, never run back to back. Runs never overlap.
 
-    What a run raises is logged to the ``greentask`` logger and swallowed (see the
-    module docstring for ``Cancelled``). Cancellation of ``ctx`` during the wait
+    What a run raises is logged to the ``greentask`` logger (naming manager and task)
+    and swallowed (see the module docstring for ``Cancelled``). Cancellation of ``ctx`` during the wait
     between runs returns at once; during a run, once that run returns.
     ``initialize`` and ``cleanup`` call the inner task's, if it has them.
 
@@ -134,7 +157,8 @@ class RepeatTimer(Wrapper):
         task: a `greentask.Task`, an object with ``execute(ctx)``, or ``fn(ctx)``.
 
     Raises:
-        TypeError: ``interval`` is not a number; ``task`` is None or has no execute.
+        TypeError: ``interval`` is not a number; ``task`` is None, a class (not an
+            instance), an ``async def`` function or has no execute.
         ValueError: ``interval`` is not positive and finite.
 
     Example::
@@ -147,6 +171,7 @@ class RepeatTimer(Wrapper):
 
     def __init__(self, interval: float, task: InnerTask) -> None:
         self._interval = _check_seconds("interval", interval, positive=True, finite=True)
+        check_inner_task("RepeatTimer", task)
         super().__init__(task)
 
     @property

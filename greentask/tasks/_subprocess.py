@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import inspect
 import logging
 import os
+import shutil
 import signal
 import subprocess
 from collections.abc import Sequence
@@ -14,8 +16,9 @@ from typing import Any, TypeAlias
 import gevent
 import gevent.subprocess
 
-from ..context import Context, _check_seconds, with_timeout, without_cancel
+from ..context import Context, _check_seconds, _task_label, with_timeout, without_cancel
 from ..errors import StopTimeout
+from ._common import graceful_timeout, spawn_named
 from ._server import KILL_GRACE, wait_any
 
 __all__ = ["Subprocess"]
@@ -27,11 +30,17 @@ _Arg: TypeAlias = "str | bytes | os.PathLike[str] | os.PathLike[bytes]"
 _POPEN_PARAMETERS = frozenset(inspect.signature(gevent.subprocess.Popen).parameters) - {"args", "self"}
 
 
-def _check_args(args: object) -> Any:
+def _check_args(args: object, shell: bool) -> Any:
     if isinstance(args, str | bytes | os.PathLike):
         if not os.fspath(args):
             msg = "args must not be empty"
             raise ValueError(msg)
+        if isinstance(args, str | bytes) and not shell:
+            msg = (
+                f"a string command needs shell=True, got {args!r}: pass a list of arguments"
+                f" (e.g. {os.fsdecode(args).split()!r}), or shell=True"
+            )
+            raise TypeError(msg)
         return args
     if not isinstance(args, Sequence):
         msg = f"args must be a string, a path or a sequence of them, got {args!r}"
@@ -55,6 +64,41 @@ def _check_signal(value: object) -> signal.Signals:
         msg = f"stop_signal must be a valid signal number, got {value!r}"
         raise ValueError(msg)
     return signal.Signals(value)
+
+
+def _check_program(args: Any, popen_kwargs: dict[str, Any]) -> None:
+    """Fail at construction, naming it, when the program to run cannot be found.
+
+    The program is ``executable=`` if given, else the first argument. A name without a
+    directory is looked up on the ``PATH`` the child will get (``env``'s, else this
+    process's), like ``Popen`` does; a path is resolved against ``cwd``. (A program
+    that is found but cannot be run, say without execute permission, still fails at
+    execute.)
+
+    Raises:
+        FileNotFoundError: the program does not exist.
+    """
+    if popen_kwargs.get("shell"):
+        return  # the shell finds the program (or fails at execute)
+    executable = popen_kwargs.get("executable")
+    program = executable if executable is not None else args if isinstance(args, os.PathLike) else args[0]
+    name = os.fsdecode(program)
+    if os.path.dirname(name):
+        cwd = popen_kwargs.get("cwd")
+        path = os.path.join(os.fsdecode(cwd), name) if cwd is not None else name
+        if os.path.exists(path):
+            return
+        where = "" if cwd is None or os.path.isabs(name) else f" (relative to cwd {os.fsdecode(cwd)!r})"
+        msg = f"program {name!r} not found{where}"
+    else:
+        env = popen_kwargs.get("env")
+        search = os.pathsep.join(os.get_exec_path(env))
+        if shutil.which(name, path=search) is not None:
+            return
+        msg = f"program {name!r} not found on PATH ({search!r})"
+    error = FileNotFoundError(msg)
+    error.errno = errno.ENOENT  # set apart, so that str() is the message alone
+    raise error
 
 
 def _read_all(pipe: Any) -> Any:
@@ -101,20 +145,32 @@ class Subprocess:
     stream output while the child runs, pass a file, or the write end of your own
     ``os.pipe()``, and read the other end in a greenlet.
 
+    Stop budget: inside a `TaskManager` with a ``stop_timeout``, the SIGKILL comes
+    before the manager would kill the task (``ctx.stop_deadline``), by a margin of a
+    tenth of the budget (at most 1 s); ``stop_timeout`` applies when it ends earlier.
+    So with ``TaskManager(stop_timeout=10)`` and the default ``stop_timeout=10.0`` the
+    child gets about 9 s after ``stop_signal``. If the task is killed all the same,
+    the child is SIGKILLed and reaped before the task ends.
+
+    Mistakes fail at construction: a string command without ``shell=True``
+    (``TypeError``) and a program that cannot be found (``FileNotFoundError`` naming
+    it; looked up on the child's ``PATH``, or against ``cwd`` for a relative path).
+
     Args:
-        args: the command, as for ``subprocess.Popen`` (a sequence of arguments, or a
-            string with ``shell=True``).
+        args: the command, as for ``subprocess.Popen``: a sequence of arguments (or a
+            single path), or a string with ``shell=True``.
         stop_signal: sent to the process when the context is cancelled.
         stop_timeout: seconds (context clock) the process gets to exit after
-            ``stop_signal`` before it is SIGKILLed.
+            ``stop_signal`` before it is SIGKILLed (at most: see the stop budget).
         **popen_kwargs: passed to ``gevent.subprocess.Popen`` (``cwd``, ``env``,
             ``stdout``, ``start_new_session``...).
 
     Raises:
-        TypeError: ``args`` is not a command, ``stop_signal`` not an int, or an
-            unknown Popen keyword is given.
+        TypeError: ``args`` is not a command (or is a string without ``shell=True``),
+            ``stop_signal`` not an int, or an unknown Popen keyword is given.
         ValueError: ``args`` is empty, ``stop_signal`` is not a valid signal, or
             ``stop_timeout`` is negative.
+        FileNotFoundError: the program cannot be found.
 
     Example::
 
@@ -130,13 +186,14 @@ class Subprocess:
         stop_timeout: float = 10.0,
         **popen_kwargs: Any,
     ) -> None:
-        self._args = _check_args(args)
+        self._args = _check_args(args, bool(popen_kwargs.get("shell")))
         self._stop_signal = _check_signal(stop_signal)
         self._stop_timeout = _check_seconds("stop_timeout", stop_timeout)
         for name in popen_kwargs:
             if name not in _POPEN_PARAMETERS:
                 msg = f"unexpected keyword argument {name!r}: popen_kwargs must be gevent.subprocess.Popen arguments"
                 raise TypeError(msg)
+        _check_program(self._args, popen_kwargs)
         if "start_new_session" not in popen_kwargs and "process_group" not in popen_kwargs:
             # Its own process group by default, so signals reach its children too and
             # none of them is left behind as an orphan (it keeps the terminal).
@@ -187,9 +244,9 @@ class Subprocess:
         Raises:
             subprocess.CalledProcessError: the process exited with a non-zero code (or
                 was killed by a signal) before cancellation.
-            StopTimeout: it was still alive ``stop_timeout`` seconds after
-                ``stop_signal``; it was SIGKILLed.
-            OSError: the process could not be started (e.g. command not found).
+            StopTimeout: it was still alive ``stop_timeout`` seconds (or its stop
+                budget) after ``stop_signal``; it was SIGKILLed.
+            OSError: the process could not be started (e.g. no permission to run it).
             RuntimeError: this task is already running a process.
         """
         if self._process is not None:
@@ -202,7 +259,7 @@ class Subprocess:
         process: Any = gevent.subprocess.Popen(self._args, **self._popen_kwargs)
         self._process = process
         readers = {
-            name: gevent.spawn(_read_all, pipe)
+            name: spawn_named(ctx, f"greentask Subprocess {name} reader", _read_all, pipe)
             for name in ("stdout", "stderr")
             if (pipe := getattr(process, name)) is not None
         }
@@ -210,14 +267,15 @@ class Subprocess:
             # Wait for the process to exit, or for cancellation.
             gevent.wait([process.result, ctx], count=1)
             if process.returncode is None:
-                # Cancelled: ask it to stop, give it stop_timeout, then SIGKILL.
+                # Cancelled: ask it to stop, give it its stop budget, then SIGKILL.
+                timeout = graceful_timeout(ctx, self._stop_timeout, ctx.clock.now())
                 self._signal(process, self._stop_signal)
-                wait_any(ctx, [process.result], self._stop_timeout)
+                wait_any(ctx, [process.result], timeout)
                 if process.returncode is None:
                     self._signal(process, signal.SIGKILL)
                     process.wait()
                     msg = (
-                        f"command {self._args!r} (pid {process.pid}) did not exit within {self._stop_timeout}s"
+                        f"command {self._args!r} (pid {process.pid}) did not exit within {round(timeout, 3)}s"
                         f" of {self._stop_signal.name}; killed with SIGKILL"
                     )
                     raise StopTimeout(msg)
@@ -225,15 +283,33 @@ class Subprocess:
                 self._collect(ctx, process, readers)
                 raise subprocess.CalledProcessError(process.returncode, self._args, self.stdout, self.stderr)
         finally:
-            if process.returncode is None:  # failed or killed while the child runs
-                self._signal(process, signal.SIGKILL)
-            process.wait()  # reap: no zombie
+            interrupted = self._reap(process)
             if self._group:  # no orphan: its children that outlived it go too
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(process.pid, signal.SIGKILL)
             self._returncode = process.returncode
             self._collect(ctx, process, readers)
             self._process = None
+            if interrupted is not None:
+                raise interrupted
+
+    def _reap(self, process: Any) -> BaseException | None:
+        """SIGKILL the child if it still runs and wait for it: no zombie, ever.
+
+        A kill (or anything else) thrown into this greenlet meanwhile does not stop
+        the reaping; the first one is returned, for the caller to raise afterwards.
+        """
+        interrupted: BaseException | None = None
+        while True:
+            if process.returncode is None:  # failed or killed while the child runs
+                self._signal(process, signal.SIGKILL)
+            try:
+                process.wait()
+            except BaseException as exc:  # noqa: BLE001 - re-raised by the caller once reaped
+                if interrupted is None:
+                    interrupted = exc
+                continue
+            return interrupted
 
     def _signal(self, process: Any, sig: signal.Signals) -> None:
         if process.returncode is not None:
@@ -265,8 +341,9 @@ class Subprocess:
             unfinished = [reader for reader in pending if not reader.dead]
             if unfinished:
                 logger.warning(
-                    "greentask: command %r exited but its output pipe is still open (held by its children?);"
+                    "greentask: %s: command %r exited but its output pipe is still open (held by its children?);"
                     " captured output is incomplete",
+                    _task_label(ctx),
                     self._args,
                 )
                 gevent.killall(unfinished, block=True)
