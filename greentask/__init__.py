@@ -8,6 +8,7 @@ Importing greentask never monkey-patches anything.
 """
 
 from . import tasks as tasks
+from ._types import StopOrder as StopOrder
 from .context import CancelFunc as CancelFunc
 from .context import Cancelled as Cancelled
 from .context import Clock as Clock
@@ -21,8 +22,8 @@ from .context import with_value as with_value
 from .context import without_cancel as without_cancel
 from .errors import ManagerEvent as ManagerEvent
 from .errors import ManagerStateError as ManagerStateError
-from .errors import RestartLimitExceeded as RestartLimitExceeded
 from .errors import NamedError as NamedError
+from .errors import RestartLimitExceeded as RestartLimitExceeded
 from .errors import Stage as Stage
 from .errors import StopReason as StopReason
 from .errors import StopTimeout as StopTimeout
@@ -30,7 +31,6 @@ from .errors import TaskState as TaskState
 from .errors import TaskStatus as TaskStatus
 from .errors import UnexpectedStop as UnexpectedStop
 from .errors import errors_to_group as errors_to_group
-from ._types import StopOrder as StopOrder
 from .handle import TaskHandle as TaskHandle
 from .manager import ExecuteTask as ExecuteTask
 from .manager import ExecuteTaskType as ExecuteTaskType
@@ -56,8 +56,8 @@ __all__ = [
     "Restart",
     "RestartLimitExceeded",
     "Stage",
-    "StopReason",
     "StopOrder",
+    "StopReason",
     "StopTimeout",
     "Task",
     "TaskHandle",

@@ -161,9 +161,7 @@ class _ManagerCore:
         if nested is None:  # a nested manager counted its own
             self._count_error(name, stage, exc)
         if nested is not None:
-            named = NamedError(
-                name, stage, exc, task_type=nested.task_type, execute_task_type=nested.execute_task_type
-            )
+            named = NamedError(name, stage, exc, task_type=nested.task_type, execute_task_type=nested.execute_task_type)
         elif record.kind == "task":
             named = NamedError(name, stage, exc, task_type=record.task_type)  # type: ignore[arg-type]
         else:
@@ -201,7 +199,12 @@ class _ManagerCore:
 
     def _subscriber_failed(self, callback: object, kind: str, exc: BaseException) -> None:
         logger.error(
-            "%s: event callback %s failed on %s: %s", self._name, safe_repr(callback), kind, safe_repr(exc), exc_info=exc
+            "%s: event callback %s failed on %s: %s",
+            self._name,
+            safe_repr(callback),
+            kind,
+            safe_repr(exc),
+            exc_info=exc,
         )
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             # Like one raised by a task: orderly shutdown, then re-raised from run().

@@ -824,9 +824,7 @@ _TASK_KEY: Any = object()
 _RUN_KEY: Any = object()
 
 
-def _task_context(
-    parent: Context, info: object, *, linked: bool, key: Any = _TASK_KEY
-) -> tuple[Context, CancelFunc]:
+def _task_context(parent: Context, info: object, *, linked: bool, key: Any = _TASK_KEY) -> tuple[Context, CancelFunc]:
     """A manager's per-task (or run) context: a cancellable child carrying ``info`` under ``key``.
 
     ``linked``: cancelled with ``parent`` (StopOrder.TOGETHER). Unlinked (REVERSE), it

@@ -26,12 +26,11 @@ from dataclasses import dataclass
 
 from ._types import ExecuteTaskType, TaskType
 
-
 __all__ = [
     "ManagerEvent",
     "ManagerStateError",
-    "RestartLimitExceeded",
     "NamedError",
+    "RestartLimitExceeded",
     "Stage",
     "StopReason",
     "StopTimeout",

@@ -45,11 +45,10 @@ from gevent.hub import get_hub
 from gevent.pool import Group
 
 from ._base import (
-    FINISHED_EXECUTE_HISTORY,
+    _STATE_MESSAGES,
     _allocate_lock,
     _get_ident,
     _Phase,
-    _STATE_MESSAGES,
 )
 from ._checks import check_stage, check_task_object
 from ._nested import _Nested
@@ -815,4 +814,3 @@ def _zero() -> float:
 
 def _noop() -> None:  # pragma: no cover - the keep-alive watcher is never sent
     return None
-
