@@ -91,6 +91,7 @@ class _ManagerCore:
     _running: dict[_Record, None]  # records whose execute greenlet has not finished
     _watches: list[_Watch]
     _stop_group_left: int
+    _stop_group_last: str | None  # the last STOP_GROUP task counted
     _errors: list[NamedError]
     _fatal: BaseException | None
     _stop_reason: StopReason | None

@@ -64,6 +64,10 @@ class _Shutdown(_Stages, _ManagerCore):
                 self._mark_stopping(record, now)
                 if not together and record.cancel is not None:
                     record.cancel(cause)
+        # Runtime tasks still queued for initialize are never initialized (SPEC §9).
+        queue = self._init_queue
+        while queue:
+            self._skip_initialize(queue.popleft())
         self._emit("cancelled", None, ctx.cause)
 
     def _mark_stopping(self, record: _Record, now: float) -> None:
@@ -97,6 +101,7 @@ class _Shutdown(_Stages, _ManagerCore):
         if state is TaskState.PENDING:
             self._drop(record)  # queued: never initialized or started
         elif state is TaskState.INITIALIZING:
+            self._count_stop_group(record)
             if record.cancel is not None:
                 record.cancel(cause)  # whoever runs the initialize cleans up once it returned
         elif state is TaskState.RUNNING:
@@ -131,6 +136,7 @@ class _Shutdown(_Stages, _ManagerCore):
             return
         record.stop_counted = True
         self._stop_group_left -= 1
+        self._stop_group_last = record.name
         if self._stop_group_left == 0 and self._phase is _Phase.EXECUTING:
             self._cancel_run(StopReason("policy", record.name, None), None)
 
@@ -316,3 +322,4 @@ class _Shutdown(_Stages, _ManagerCore):
     if TYPE_CHECKING:
 
         def _finished(self, record: _Record, exc: BaseException | None, ctx: Any) -> None: ...
+        def _skip_initialize(self, record: _Record) -> None: ...

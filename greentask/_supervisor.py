@@ -54,8 +54,9 @@ class _Supervisor(_Shutdown):
         """A fresh task context for the next initialize/execute of ``record`` (O(1))."""
         run_ctx = self._ctx
         assert run_ctx is not None
-        linked = self._stop_order is StopOrder.TOGETHER or record.kind == "execute"
-        ctx, cancel = _task_context(run_ctx, record, linked=linked)
+        # Linked to the run context while it initializes (so start-up sees a stop);
+        # under REVERSE a task from add_task is detached when its execute starts.
+        ctx, cancel = _task_context(run_ctx, record, linked=True)
         record.ctx, record.cancel = ctx, cancel
         record.stop_deadline = None
         return ctx
@@ -66,6 +67,8 @@ class _Supervisor(_Shutdown):
             self._new_context(record)
         ctx = record.ctx
         assert ctx is not None
+        if self._stop_order is StopOrder.REVERSE and record.kind == "task" and not ctx.cancelled:
+            _release(ctx)  # cancelled at its turn, not with the run context
         record.state = TaskState.RUNNING
         record.started_at = self._now()
         record.killed = None
@@ -189,6 +192,7 @@ class _Supervisor(_Shutdown):
                 f"task {record.name!r} failed {restart.max_restarts + 1} times within {restart.within}s; not restarting"
             )
             error.__cause__ = shown
+            record.restart_pending = False
             self._fail(record, error, stage)
             self._policy_failure(record, error, stage)
             return
@@ -206,11 +210,14 @@ class _Supervisor(_Shutdown):
         if shown is not None:
             record.state = TaskState.FAILED
             record.error = shown
+            who, where = record.name, stage
+            if isinstance(failure, _SubtreeFailed) and failure.errors:  # name the nested task that failed
+                who, where = f"{record.name}/{failure.errors[0].task_name}", failure.errors[0].stage
             logger.error(
                 "%s: task %r failed in %s: %s; restart %d of at most %d within %ss in %ss",
                 self._name,
-                record.name,
-                stage.value,
+                who,
+                where.value,
                 safe_repr(shown),
                 count,
                 restart.max_restarts,

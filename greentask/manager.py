@@ -209,6 +209,7 @@ class TaskManager(_Nested):
         self._finished_executes = deque()
         self._running = {}
         self._watches = []
+        self._stop_group_last = None
         self._stop_group_left = sum(
             1 for r in self._order if r.task_type is TaskType.STOP_GROUP and not r.stop_requested
         )
@@ -575,12 +576,19 @@ class TaskManager(_Nested):
             self._phase = _Phase.EXECUTING
             queued, self._queued = self._queued, []
         self._emit("executing", None, None)
-        for record in self._order:
+        for record in list(self._order):
             if record.initialized and record.state is TaskState.INITIALIZING:
-                self._start(record)
+                if record.stop_requested:  # stopped by its handle after its initialize returned
+                    self._cleanup_one(record)
+                    record.changed()
+                else:
+                    self._start(record)
         for record in queued:
             if not record.stop_requested:
                 self._start(record)
+        if self._stop_group_last is not None and self._stop_group_left == 0:
+            # Every STOP_GROUP task was stopped by its handle before the execute phase.
+            self._cancel_run(StopReason("policy", self._stop_group_last, None), None)
         self._wait_for_cancellation()
         self._phase = _Phase.STOPPING
         self._stop_executes()
@@ -651,6 +659,8 @@ class TaskManager(_Nested):
                 record.changed()
 
     def _finish(self) -> None:
+        if self._hub is not None:
+            self._wait_on_cancel_callbacks()  # also those registered during cleanup
         keepalive = self._keepalive
         if keepalive is not None:
             keepalive.close()
