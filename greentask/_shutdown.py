@@ -30,7 +30,7 @@ from greenlet import GreenletExit
 from ._base import _get_ident, _ManagerCore, _Phase, _Watch
 from ._record import _Record
 from ._stages import _Stages
-from ._types import StopOrder
+from ._types import StopOrder, TaskType
 from .context import background, with_deadline, without_cancel
 from .errors import Stage, StopReason, StopTimeout, TaskState
 
@@ -130,8 +130,6 @@ class _Shutdown(_Stages, _ManagerCore):
 
     def _count_stop_group(self, record: _Record) -> None:
         """A STOP_GROUP task counts once towards "every STOP_GROUP task has returned"."""
-        from ._types import TaskType
-
         if record.task_type is not TaskType.STOP_GROUP or record.stop_counted:
             return
         record.stop_counted = True

@@ -27,6 +27,7 @@ from typing import Any
 import gevent
 from greenlet import GreenletExit
 
+from . import _base
 from ._base import _SubtreeFailed
 from ._policy import POLICIES, UNEXPECTED_STOP, safe_repr
 from ._record import _Record
@@ -70,13 +71,13 @@ class _Supervisor(_Shutdown):
         if self._stop_order is StopOrder.REVERSE and record.kind == "task" and not ctx.cancelled:
             _release(ctx)  # cancelled at its turn, not with the run context
         record.state = TaskState.RUNNING
-        record.started_at = self._now()
+        record.started_at = now = self._now()
         record.killed = None
         self._running[record] = None
         greenlet = record.greenlet = self._group.spawn(self._execute, record, ctx)
         greenlet.name = record.name
         if ctx.cancelled:  # born cancelled (the run context already was)
-            self._mark_stopping(record, self._now())
+            self._mark_stopping(record, now)
         if record.running_event is not None:
             record.changed()
 
@@ -112,7 +113,8 @@ class _Supervisor(_Shutdown):
             if stopping:
                 record.state = TaskState.STOPPED
                 self._emit("stopped", record.name, None)
-                self._count_stop_group(record)
+                if record.task_type is TaskType.STOP_GROUP:
+                    self._count_stop_group(record)
             else:
                 self._returned_early(record)
         elif stopping:
@@ -167,11 +169,9 @@ class _Supervisor(_Shutdown):
         self._cancel_run(reason, cause)
 
     def _forget_finished_execute(self, record: _Record) -> None:
-        from ._base import FINISHED_EXECUTE_HISTORY
-
         finished = self._finished_executes
         finished.append(record.seq)
-        if len(finished) > FINISHED_EXECUTE_HISTORY:
+        if len(finished) > _base.FINISHED_EXECUTE_HISTORY:
             self._records.pop(finished.popleft(), None)
 
     # -- restarts (SPEC §11) ----------------------------------------------------------

@@ -37,14 +37,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import REGISTRY, CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from .errors import TaskState, TaskStatus
 from .manager import TaskManager
 
 if TYPE_CHECKING:
-    from prometheus_client.registry import Collector, CollectorRegistry
+    from prometheus_client.registry import Collector
 
 __all__ = ["ManagerCollector"]
 
@@ -225,8 +225,6 @@ class _Exposition:
     """
 
     def __init__(self, manager: TaskManager, source: Collector | None) -> None:
-        from prometheus_client import CollectorRegistry
-
         self._source: Collector = REGISTRY if source is None else source
         self._own = ManagerCollector(manager, CollectorRegistry())
 

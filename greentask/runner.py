@@ -26,6 +26,7 @@ import contextlib
 import logging
 import os
 import signal
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
@@ -227,8 +228,8 @@ class _Progress:
     """Follows the manager's events for `run`: the "running N tasks" line and systemd.
 
     Counts what it needs as events arrive (O(1) per event, except one ``status()``
-    when the execute phase begins and on restarts), so a manager with many execute
-    tasks pays nothing noticeable.
+    when the first task initializes, when the execute phase begins and when a restarted
+    task runs again), so a manager with many execute tasks pays nothing noticeable.
     """
 
     def __init__(self, manager: TaskManager, notifier: _Notifier | None, watchdog: _Watchdog | None) -> None:
@@ -237,8 +238,9 @@ class _Progress:
         self._watchdog = watchdog
         self._to_initialize: int | None = None
         self._initializing = 0
-        self._expected: int | None = None  # executes to start before "running"
-        self._started = 0
+        self._expected = 0  # how many executes were to start when the execute phase began
+        self._to_start: Counter[str] | None = None  # name -> executes still to start
+        self._left = 0
         self.ready = False
         self.stopping = False
         self._restarting: list[str] = []
@@ -248,52 +250,77 @@ class _Progress:
 
     def on_event(self, event: ManagerEvent) -> None:
         kind, name = event.kind, event.task_name
-        if kind == "initializing" and name is not None:
+        if name is None:
+            if kind == "executing":
+                self._executing()
+            elif kind == "cancelled" and not self.stopping:
+                self._stopping()
+            return
+        if kind == "initializing":
             self.initializing.append(name)
-            if not self.ready and not self.stopping:
-                if self._to_initialize is None:
-                    rows = self._manager.status()
-                    self._to_initialize = sum(1 for row in rows if row.kind == "task" and _startable(row))
-                self._initializing += 1
-                total = max(self._to_initialize, self._initializing)
-                self._send(f"STATUS=initializing {self._initializing}/{total}: {name}")
-        elif kind in ("initialized", "failed") and name is not None and name in self.initializing:
-            self.initializing.remove(name)
-        elif kind == "cleaning_up" and name is not None:
+            if self._to_start is None and not self.stopping:
+                self._initialize_status(name)
+        elif kind == "cleaning_up":
             self.cleaning_up.append(name)
             if self.stopping:
                 self._send(f"STATUS=cleaning up {name}")
-        elif kind == "cleaned_up" and name is not None and name in self.cleaning_up:
-            self.cleaning_up.remove(name)
-        elif kind == "executing":
-            self._expected = sum(1 for row in self._manager.status() if _startable(row))
-            self._maybe_ready()
         elif kind == "started":
-            if not self.ready:
-                self._started += 1
-                self._maybe_ready()
-            elif name in self._restarting:
+            self._count_out(name)
+            if name in self._restarting:
                 self._restarting.remove(name)
-                if not self._restarting and not self.stopping:
+                if self.ready and not self._restarting and not self.stopping:
                     running = sum(1 for row in self._manager.status() if row.state is TaskState.RUNNING)
                     self._send(f"STATUS=running {_plural(running, 'task')}")
-        elif kind == "restarting" and name is not None and not self.stopping:
+        elif kind == "restarting" and not self.stopping:
             self._restarting.append(name)
-            self._send(f"STATUS=restarting {_names(self._restarting)}")
-        elif kind == "cancelled" and not self.stopping:
-            self.stopping = True
-            if self._watchdog is not None:
-                self._watchdog.stop()
-            self._send(f"STOPPING=1\nSTATUS=stopping: {self._manager._stop_description()}")
+            self._send(f"STATUS=restarting {', '.join(self._restarting)}")
+        if kind in ("initialized", "failed") and name in self.initializing:
+            self.initializing.remove(name)
+        if kind == "cleaned_up" and name in self.cleaning_up:
+            self.cleaning_up.remove(name)
+        if kind in ("stopped", "failed", "cleaned_up"):
+            # One that ends without having started (stopped by its handle) is not awaited,
+            # and one whose restart cycle was ended so is no longer restarting.
+            self._count_out(name)
+            if name in self._restarting and kind != "failed":
+                self._restarting.remove(name)
+
+    def _initialize_status(self, name: str) -> None:
+        if self._to_initialize is None:
+            rows = self._manager.status()
+            self._to_initialize = sum(1 for row in rows if row.kind == "task" and _startable(row))
+        self._initializing += 1
+        total = max(self._to_initialize, self._initializing)
+        self._send(f"STATUS=initializing {self._initializing}/{total}: {name}")
+
+    def _executing(self) -> None:
+        # Every task whose execute is about to start (initialized tasks, queued execute
+        # tasks, the tasks of nested managers); each start emits one "started" event.
+        self._to_start = Counter(row.name for row in self._manager.status() if _startable(row))
+        self._expected = self._left = self._to_start.total()
+        self._maybe_ready()
+
+    def _count_out(self, name: str) -> None:
+        to_start = self._to_start
+        if to_start is not None and to_start[name] > 0:
+            to_start[name] -= 1
+            self._left -= 1
+            self._maybe_ready()
 
     def _maybe_ready(self) -> None:
-        if self.ready or self.stopping or self._expected is None or self._started < self._expected:
+        if self.ready or self.stopping or self._to_start is None or self._left > 0:
             return
         self.ready = True
         count = _plural(self._expected, "task")
         servers = _listening(self._manager)
         logger.info("%s: running %s%s", self._manager.name, count, f"; {', '.join(servers)}" if servers else "")
         self._send(f"READY=1\nSTATUS=running {count}")
+
+    def _stopping(self) -> None:
+        self.stopping = True
+        if self._watchdog is not None:
+            self._watchdog.stop()
+        self._send(f"STOPPING=1\nSTATUS=stopping: {self._manager._stop_description()}")
 
     def _send(self, message: str) -> None:
         if self._notifier is not None:
@@ -349,22 +376,33 @@ class _SignalWatch:
             logger.exception("greentask: handling %s failed", sig.name)
 
     def _forcing(self) -> str:
-        """What a forced stop kills now, as far as the manager's events and status tell."""
-        progress = self._progress
-        phase = self._manager.phase
-        if phase == "initializing" and progress.initializing:
-            return f"killing the initialize of task {progress.initializing[-1]!r}"
-        if phase in ("executing", "stopping"):
+        """What a forced stop kills now: this manager's own steps that are running.
+
+        Read from the manager's status and events: its executes still running (under
+        ``REVERSE`` also those waiting for their turn) and the ``initialize`` /
+        ``cleanup`` running now. A nested manager's tasks are not listed: they end with
+        the nested task that runs them. The log never claims to kill what is not there.
+        """
+        manager = self._manager
+        nested = [path + "/" for path, _ in manager._tree()[1:]]
+
+        def own(name: str) -> bool:
+            return not name.startswith(tuple(nested))
+
+        parts = []
+        if manager.phase in ("executing", "stopping"):
             executing = [
                 row.name
-                for row in self._manager.status()
-                if row.state in (TaskState.RUNNING, TaskState.STOPPING, TaskState.RESTARTING)
+                for row in manager.status()
+                if row.state in (TaskState.RUNNING, TaskState.STOPPING) and own(row.name)
             ]
             if executing:
-                return f"killing {_plural(len(executing), 'task')} still executing: {_names(executing)}"
-        if phase == "cleaning_up" and progress.cleaning_up:
-            return f"killing the cleanup of task {progress.cleaning_up[-1]!r}"
-        return f"nothing is running that could be killed (manager {phase})"
+                parts.append(f"{_plural(len(executing), 'task')} still executing: {_names(executing)}")
+        for stage, names in (("initialize", self._progress.initializing), ("cleanup", self._progress.cleaning_up)):
+            parts.extend(f"the {stage} of task {name!r}" for name in names if own(name))
+        if not parts:
+            return f"nothing is running that could be killed (manager {manager.phase})"
+        return "killing " + " and ".join(parts)
 
     def _on_dump(self, sig: signal.Signals) -> None:
         try:
@@ -456,7 +494,7 @@ def run(
     datagrams go to that ``AF_UNIX`` socket (a leading ``@`` means the abstract
     namespace): ``STATUS=initializing 2/5: db`` as each task initializes,
     ``READY=1`` with ``STATUS=running 5 tasks`` once every execute has started,
-    ``STATUS=restarting 'db'`` while a task restarts, and ``STOPPING=1`` with
+    ``STATUS=restarting db`` while a task restarts, and ``STOPPING=1`` with
     ``STATUS=stopping: <reason>`` when shutdown begins (the reason as the manager logs
     it), then ``STATUS=cleaning up db`` per cleanup. With ``WATCHDOG_USEC`` set (and
     ``WATCHDOG_PID`` unset or this process), ``WATCHDOG=1`` is sent every

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import gevent
 import pytest
@@ -87,7 +87,8 @@ def until(gate: Event, then: Step = None) -> Callable[[gt.Context], object]:
     """A step that waits for ``gate`` (or cancellation: then it returns), then does ``then``."""
 
     def step(ctx: gt.Context) -> object:
-        gevent.wait([gate, ctx], count=1)
+        waitables: list[Any] = [gate, ctx]
+        gevent.wait(waitables, count=1)
         if ctx.cancelled:
             return None
         return _do(then, ctx)
@@ -100,8 +101,8 @@ def _do(step: Step, ctx: gt.Context) -> object:
         return None
     if isinstance(step, BaseException):
         raise step.with_traceback(None)
-    if isinstance(step, type) and issubclass(step, BaseException):
-        raise step()
+    if isinstance(step, type):
+        raise cast("type[BaseException]", step)()
     return step(ctx)
 
 

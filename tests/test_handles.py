@@ -876,16 +876,19 @@ def test_a_task_stopped_from_another_task_is_not_cleaned_up_in_that_tasks_greenl
 
 def test_an_error_task_that_returned_is_cleaned_up_at_once_when_stopped() -> None:
     log = CallLog()
+    cleaned_in: list[Any] = []
     manager = gt.TaskManager()
     manager.add_task("a", FakeTask.blocking("a", log=log))
-    task = FakeTask("b", log=log)  # returns at once
+    task = FakeTask("b", cleanup=lambda ctx: cleaned_in.append(gevent.getcurrent()), log=log)  # execute returns
     handle = manager.add_task("b", task, TaskType.ERROR)
     runner = start(manager)
     assert handle.state is TaskState.STOPPED
     assert not handle.done
     handle.stop()
+    assert task.cleanup_call_count == 0  # stop() returns at once: the cleanup runs in a manager greenlet
     settle()
     assert task.cleanup_call_count == 1
+    assert cleaned_in[0] is not gevent.getcurrent()
     assert (handle.state, handle.done) == (TaskState.DONE, True)
     assert manager.phase == "executing"
     manager.stop()
@@ -945,3 +948,62 @@ def test_a_killed_stopped_task_that_raises_while_dying_records_both(fake_clock: 
     errors = finish(runner)
     assert [(e.task_name, e.stage, type(e.error)) for e in errors] == [("a", E, StopTimeout), ("a", E, OSError)]
     assert handle.error is errors[0].error
+
+
+def test_the_cleanup_after_a_stop_is_bounded_by_cleanup_timeout(fake_clock: FakeClock) -> None:
+    manager = gt.TaskManager(cleanup_timeout=3)
+    anchor = FakeTask.blocking()
+    manager.add_task("anchor", anchor)
+    task = FakeTask(execute=lambda ctx: ctx.wait(), cleanup=ignore_cancellation)
+    handle = manager.add_task("a", task)
+    runner = start(manager, gt.background(fake_clock))
+    handle.stop()
+    settle()
+    assert handle.state is TaskState.CLEANING_UP
+    fake_clock.advance(2.9)
+    assert handle.error is None
+    fake_clock.advance(0.1)
+    assert isinstance(handle.error, StopTimeout)
+    assert (handle.state, handle.done) == (TaskState.DONE, True)
+    assert manager.phase == "executing"
+    assert not anchor.execute_calls[0].cancelled
+    manager.stop()
+    errors = finish(runner)
+    assert [(e.task_name, e.stage, type(e.error)) for e in errors] == [("a", C, StopTimeout)]
+    assert task.cleanup_call_count == 1
+
+
+def test_stop_before_run_from_another_os_thread_drops_the_task() -> None:
+    manager = gt.TaskManager()
+    manager.add_task("a", FakeTask(), TaskType.STOP_GROUP)
+    task = FakeTask.blocking()
+    handle = manager.add_task("b", task)
+    thread = threading.Thread(target=handle.stop, daemon=True)
+    thread.start()
+    wait_thread(thread)
+    with gevent.Timeout(5):
+        assert manager.run() == []
+    assert (task.initialize_call_count, task.execute_call_count, task.cleanup_call_count) == (0, 0, 0)
+    assert handle.state is TaskState.DONE
+
+
+def test_events_of_a_task_stopped_by_its_handle() -> None:
+    events: list[ManagerEvent] = []
+    manager = gt.TaskManager(on_event=events.append)
+    manager.add_task("anchor", FakeTask.blocking())
+    handle = manager.add_task("a", FakeTask.blocking())
+    runner = start(manager)
+    handle.stop()
+    settle()
+    assert [e.kind for e in events if e.task_name == "a"] == [
+        "initializing",
+        "initialized",
+        "started",
+        "stopped",
+        "cleaning_up",
+        "cleaned_up",
+    ]
+    assert "cancelled" not in [e.kind for e in events]
+    manager.stop()
+    assert finish(runner) == []
+    assert [e.kind for e in events if e.task_name == "a"].count("cleaned_up") == 1

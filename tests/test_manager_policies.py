@@ -145,7 +145,9 @@ def test_strict_clean_return_records_unexpected_stop_and_cancels_all(kind: str, 
     assert error.task_name == "quitter"
     assert error.stage is E
     assert type(error.error) is UnexpectedStop
-    assert str(error.error).startswith("unexpected shutdown for task process: returned before the manager was cancelled")
+    assert str(error.error).startswith(
+        "unexpected shutdown for task process: returned before the manager was cancelled"
+    )
     assert (error.task_type, error.execute_task_type) == ((task_type, None) if kind == "task" else (None, task_type))
     assert other.execute_calls[0].cancelled
     assert manager.stop_reason == StopReason("policy", "quitter", error.error)

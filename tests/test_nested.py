@@ -14,6 +14,7 @@ import pytest
 from _supervision_helpers import (
     Events,
     Steps,
+    after,
     block,
     error_lines,
     finish,
@@ -36,6 +37,7 @@ from greentask import (
     TaskType,
     UnexpectedStop,
 )
+from greentask.tasks import Backoff
 from greentask.testing import CallLog, FakeClock, FakeExecuteTask, FakeTask, settle, start_manager
 
 INIT, E, C = Stage.INITIALIZE, Stage.EXECUTE, Stage.CLEANUP
@@ -71,7 +73,7 @@ def test_a_manager_can_be_added_as_a_task_of_any_type(task_type: TaskType) -> No
     assert finish(runner) == []
     assert db.execute_calls[0].cancelled
     assert log.stages("db") == [INIT, E, C]
-    assert handle.state is TaskState.DONE
+    assert handle.status().state is TaskState.DONE
 
 
 def test_a_nested_stop_group_manager_completes_the_parents_group() -> None:
@@ -502,3 +504,61 @@ def test_a_nested_manager_goes_through_its_stages_again_but_runs_once(fake_clock
     assert finish(runner) == []
     with pytest.raises(ManagerStateError):
         run(child)
+
+
+def test_a_subtree_restarted_on_always_runs_its_stop_group_again(fake_clock: FakeClock) -> None:
+    log = CallLog()
+    child = gt.TaskManager()
+    child.add_task("job", FakeTask("job", execute=after(5), log=log), TaskType.STOP_GROUP)
+    parent = gt.TaskManager()
+    parent.add_task("web", FakeTask.blocking("web"))
+    handle = parent.add_task("pipeline", child, TaskType.ERROR, restart=gt.Restart(on="always", max_restarts=10))
+    runner = start(parent, gt.background(fake_clock))
+    fake_clock.advance(10)
+    assert handle.restarts == 2
+    assert log.stages("job") == [INIT, E, C, INIT, E, C, INIT, E]
+    parent.stop()
+    assert finish(runner) == []
+    assert log.stages("job")[-1] is C
+
+
+def test_handle_stop_of_a_nested_manager_stops_and_cleans_up_its_subtree_once() -> None:
+    log = CallLog()
+    db = FakeTask.blocking("db", log=log)
+    child = gt.TaskManager()
+    child.add_task("db", db)
+    web = FakeTask.blocking("web", log=log)
+    parent = gt.TaskManager()
+    parent.add_task("web", web)
+    handle = parent.add_task("pipeline", child)
+    runner = start(parent)
+
+    handle.stop()
+    settle()
+
+    assert handle.done
+    assert db.execute_calls[0].cancelled
+    assert log.stages("db") == [INIT, E, C]
+    assert parent.phase == "executing"
+    assert not web.execute_calls[0].cancelled
+    parent.stop()
+    assert finish(runner) == []
+    assert log.stages("db") == [INIT, E, C]
+
+
+def test_stop_during_a_subtree_restart_wait_ends_the_cycle(fake_clock: FakeClock) -> None:
+    log = CallLog()
+    child = gt.TaskManager()
+    child.add_task("db", FakeTask("db", execute=Steps(ConnectionError, block), log=log))
+    parent = gt.TaskManager()
+    parent.add_task("web", FakeTask.blocking("web"))
+    handle = parent.add_task("pipeline", child, restart=gt.Restart(backoff=Backoff(initial=10, maximum=10, jitter=0)))
+    runner = start(parent, gt.background(fake_clock))
+    assert handle.state is TaskState.RESTARTING
+    assert log.stages("db") == [INIT, E, C]
+
+    parent.stop()
+    assert finish(runner) == []
+    fake_clock.advance(20)
+    assert log.stages("db") == [INIT, E, C]
+    assert handle.done

@@ -467,7 +467,7 @@ def test_a_task_restarts_through_cleanup_wait_initialize_execute(fake_clock: Fak
     assert log.calls == [("db", INIT), ("db", E), ("db", C)]
     fake_clock.advance(0.5)
     assert log.calls == [("db", INIT), ("db", E), ("db", C), ("db", INIT), ("db", E)]
-    assert handle.state is TaskState.RUNNING
+    assert handle.status().state is TaskState.RUNNING
     # A fresh task context for the new run.
     assert db.execute_calls[1] is not db.execute_calls[0]
     assert db.initialize_calls[1] is not db.initialize_calls[0]
@@ -492,7 +492,7 @@ def test_an_execute_task_restarts_through_wait_then_execute(fake_clock: FakeCloc
     assert not handle.done
     fake_clock.advance(2)
     assert log.calls == [("poller", E), ("poller", E)]
-    assert handle.state is TaskState.RUNNING
+    assert handle.status().state is TaskState.RUNNING
     assert poller.execute_calls[1] is not poller.execute_calls[0]
     assert not poller.execute_calls[1].cancelled
     manager.stop()
@@ -743,7 +743,7 @@ def test_handle_stop_during_the_backoff_wait_ends_the_cycle(fake_clock: FakeCloc
     assert not other.execute_calls[0].cancelled
     if kind == "task":
         assert log.stages("db") == [INIT, E, C]  # cleaned up once, by the restart
-        assert handle.state is TaskState.DONE
+        assert handle.status().state is TaskState.DONE
     else:
         assert handle.state in (TaskState.STOPPED, TaskState.FAILED)
 

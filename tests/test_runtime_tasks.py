@@ -176,6 +176,34 @@ def test_a_runtime_initialize_is_bounded_by_initialize_timeout(fake_clock: FakeC
     assert anchor.cleanup_call_count == 1
 
 
+def test_a_runtime_task_goes_through_the_usual_events_and_states() -> None:
+    events: list[gt.ManagerEvent] = []
+    gate = Gate()
+    manager = gt.TaskManager(on_event=events.append)
+    manager.add_task("anchor", FakeTask.blocking())
+    runner = start(manager)
+    handle = manager.add_task("late", FakeTask(initialize=gate, execute=lambda ctx: ctx.wait()))
+    seen = [handle.state]
+    settle()
+    seen.append(handle.state)
+    gate.release()
+    settle()
+    seen.append(handle.state)
+    manager.stop()
+    assert finish(runner) == []
+    seen.append(handle.state)
+    assert seen[0] in (TaskState.PENDING, TaskState.INITIALIZING)
+    assert seen[1:] == [TaskState.INITIALIZING, TaskState.RUNNING, TaskState.DONE]
+    assert [e.kind for e in events if e.task_name == "late"] == [
+        "initializing",
+        "initialized",
+        "started",
+        "stopped",
+        "cleaning_up",
+        "cleaned_up",
+    ]
+
+
 # -- runtime add_task: refused -------------------------------------------------------------
 
 

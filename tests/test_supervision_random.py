@@ -104,7 +104,7 @@ def make_actor(rng: random.Random, index: int, timeline: Timeline) -> Actor:
     else:
         task_type = rng.choice([ExecuteTaskType.STRICT, ExecuteTaskType.ERROR])
     restart = None
-    if rng.random() < 0.6:
+    if rng.random() < 0.75:
         on = "failure" if task_type is TaskType.STOP_GROUP else rng.choice(["failure", "always"])
         backoff = rng.choice([None, Backoff(initial=rng.choice([0.5, 1.0, 2.0]), maximum=8.0, jitter=0)])
         restart = gt.Restart(
@@ -132,7 +132,7 @@ def play(seed: int) -> None:
         manager.subscribe(lambda e: timeline.append(("event", e.kind, e.task_name, e.at)))
         runner = gevent.spawn(manager.run, gt.background(clock))
         settle()
-        for _ in range(rng.randint(0, 6)):
+        for _ in range(rng.randint(0, 8)):
             roll = rng.random()
             if roll < 0.6:
                 clock.advance(rng.choice([0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0]))

@@ -13,7 +13,7 @@ from gevent.event import Event
 
 import greentask as gt
 from greentask.tasks import HealthServer
-from greentask.testing import FakeExecuteTask, FakeTask, settle
+from greentask.testing import FakeClock, FakeExecuteTask, FakeTask, eventually, settle
 
 # -- helpers ------------------------------------------------------------------
 
@@ -165,6 +165,7 @@ def test_status_reports_every_field_of_status() -> None:
             "error": None if s.error is None else repr(s.error),
             "started_at": s.started_at,
             "stopped_at": s.stopped_at,
+            "restarts": s.restarts,
         }
         for s in manager.status()
     ]
@@ -173,6 +174,114 @@ def test_status_reports_every_field_of_status() -> None:
     assert doc["manager"] == {"phase": "cleaning_up", "stop_reason": "task 'db' failed: ValueError('boom')"}
     assert doc["tasks"] == expected
     assert doc["tasks"][1]["error"] == "ValueError('boom')"
+
+
+# -- Part II: restarts, handles, nested managers ------------------------------------
+
+
+def test_a_restarting_task_is_not_ready_and_its_restarts_are_shown(clock: FakeClock) -> None:
+    manager = gt.TaskManager()
+    health = HealthServer(manager, port=0)
+    runs: list[int] = []
+    restarting, running_again = Event(), Event()
+
+    def flaky(ctx: gt.Context) -> None:
+        runs.append(1)
+        if len(runs) == 1:
+            raise ConnectionError("refused")
+        running_again.set()
+        ctx.wait()
+
+    manager.subscribe(lambda e: restarting.set() if (e.kind, e.task_name) == ("restarting", "db") else None)
+    manager.add_task("health", health)
+    backoff = gt.tasks.Backoff(initial=10, maximum=10, jitter=0)
+    manager.add_task(
+        "db", FakeTask("db", execute=flaky), restart=gt.Restart(max_restarts=3, within=60, backoff=backoff)
+    )
+    with gevent.Timeout(10):
+        run = gevent.spawn(manager.run, gt.background(clock))
+        restarting.wait()
+        settle()  # db waits out its backoff on the FakeClock
+        assert get(health.address, "/readyz") == (503, "not ready: task 'db' is restarting\n")
+        db = status_json(health.address)["tasks"][1]
+        assert (db["name"], db["state"], db["restarts"], db["error"]) == (
+            "db",
+            "restarting",
+            1,
+            "ConnectionError('refused')",
+        )
+
+        clock.advance(10)  # the backoff is over: db runs again
+        running_again.wait()
+        settle()
+        assert get(health.address, "/readyz") == (200, "ready\n")
+        doc = status_json(health.address)
+        assert [(t["name"], t["state"], t["restarts"]) for t in doc["tasks"]] == [
+            ("health", "running", 0),
+            ("db", "running", 1),
+        ]
+        manager.stop()
+        assert run.get() == []  # a restarted failure is not in run()'s result
+
+
+def test_a_task_stopped_by_its_handle_is_stopping_then_not_ready() -> None:
+    manager = gt.TaskManager()
+    health = HealthServer(manager, port=0)
+    cancelled, release = Event(), Event()
+
+    def slow_to_stop(ctx: gt.Context) -> None:
+        ctx.wait()
+        cancelled.set()
+        release.wait()
+
+    manager.add_task("health", health)
+    handle = manager.add_task("db", FakeTask("db", execute=slow_to_stop))
+    manager.add_task("cache", FakeTask.blocking("cache"))
+    with gevent.Timeout(10):
+        run = gevent.spawn(manager.run)
+        assert handle.wait_running()
+        settle()
+        assert get(health.address, "/readyz") == (200, "ready\n")
+        handle.stop()
+        cancelled.wait()
+        assert get(health.address, "/readyz") == (503, "not ready: task 'db' is stopping\n")
+        assert [t["state"] for t in status_json(health.address)["tasks"]] == ["running", "stopping", "running"]
+        release.set()
+        assert handle.wait()
+        assert get(health.address, "/readyz") == (503, "not ready: task 'db' is done\n")
+        manager.stop()
+        assert run.get() == []
+
+
+def test_nested_tasks_are_shown_with_path_names_and_count_for_readiness() -> None:
+    parent = gt.TaskManager(name="app")
+    child = gt.TaskManager(name="pipeline")
+    health = HealthServer(parent, port=0)
+    stop_db, db_stopped = Event(), Event()
+
+    def db_execute(ctx: gt.Context) -> None:
+        gevent.wait([ctx, stop_db], count=1)
+
+    parent.subscribe(lambda e: db_stopped.set() if (e.kind, e.task_name) == ("stopped", "pipeline/db") else None)
+    child.add_task("db", FakeTask("db", execute=db_execute), gt.TaskType.ERROR)
+    child.add_task("queue", FakeTask.blocking("queue"))
+    parent.add_task("health", health)
+    parent.add_task("pipeline", child)
+    with gevent.Timeout(10):
+        run = gevent.spawn(parent.run)
+        eventually(lambda: get(health.address, "/readyz") == (200, "ready\n"))
+        doc = status_json(health.address)
+        assert [(t["name"], t["kind"], t["state"]) for t in doc["tasks"]] == [
+            ("health", "task", "running"),
+            ("pipeline", "task", "running"),
+            ("pipeline/db", "task", "running"),
+            ("pipeline/queue", "task", "running"),
+        ]
+        stop_db.set()  # an ERROR task of the child returns: the child goes on, not ready
+        db_stopped.wait()
+        assert get(health.address, "/readyz") == (503, "not ready: task 'pipeline/db' is stopped\n")
+        parent.stop()
+        assert run.get() == []
 
 
 # -- on its own ---------------------------------------------------------------
