@@ -28,6 +28,13 @@ CHURN_BATCH = 1000
 FORCED_STOP_TIMEOUT = 0.05
 
 
+#: restart_storm: each task fails this many times, its whole budget
+#: (``Restart(max_restarts=STORM_RESTARTS, within=STORM_WITHIN)``), then returns cleanly.
+STORM_RESTARTS = 10
+#: restart_storm: the intensity window (seconds); far longer than any run of the cell.
+STORM_WITHIN = 60.0
+
+
 class Probe:
     """Counts tasks that started and stopped; every implementation uses one the same way."""
 
@@ -50,6 +57,25 @@ class Probe:
 
 class Boom(Exception):
     """What the failing task of failure_propagation raises."""
+
+
+def reverse_order_fails(stopped: list[int], n: int) -> list[str]:
+    """stop_reverse: the tasks' indices in the order they stopped must be ``n-1, ..., 0``."""
+    expected = range(n - 1, -1, -1)
+    if len(stopped) == n and all(a == b for a, b in zip(stopped, expected, strict=True)):
+        return []
+    at = next((k for k, (a, b) in enumerate(zip(stopped, expected, strict=False)) if a != b), min(len(stopped), n))
+    return [f"stop order is not reverse add order (first wrong at position {at} of {len(stopped)})"]
+
+
+def storm_fails(runs: int, restarts: int, n: int) -> list[str]:
+    """restart_storm: every task ran ``STORM_RESTARTS + 1`` times and was restarted ``STORM_RESTARTS``."""
+    out = []
+    if runs != n * (STORM_RESTARTS + 1):
+        out.append(f"{runs}/{n * (STORM_RESTARTS + 1)} runs")
+    if restarts != n * STORM_RESTARTS:
+        out.append(f"{restarts}/{n * STORM_RESTARTS} restarts")
+    return out
 
 
 def result(metrics: dict[str, float], fails: list[str]) -> dict[str, Any]:

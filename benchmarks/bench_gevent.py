@@ -12,7 +12,19 @@ from collections.abc import Callable
 from typing import Any
 
 import gevent
-from _common import FORCED_STOP_TIMEOUT, Boom, Probe, batches, churn_result, perf_counter, result, rss
+from _common import (
+    FORCED_STOP_TIMEOUT,
+    STORM_RESTARTS,
+    Boom,
+    Probe,
+    batches,
+    churn_result,
+    perf_counter,
+    result,
+    reverse_order_fails,
+    rss,
+    storm_fails,
+)
 from gevent.event import Event
 from gevent.pool import Group
 from greenlet import GreenletExit
@@ -188,3 +200,91 @@ def context_churn(count: int) -> dict[str, Any]:
         gevent.sleep(0)
     elapsed = perf_counter() - t0
     return churn_result(elapsed, count, before, len(children))
+
+
+def stop_reverse(n: int) -> dict[str, Any]:
+    """N greenlets, each parked on its own Event, stopped one at a time in reverse order.
+
+    The hand-written floor of ``StopOrder.REVERSE``: set the last one's Event, join it,
+    then the one before, ...; then a no-op cleanup per task in reverse order (what
+    greentask's cleanup phase calls), counted. Figures: from the first ``set`` until the
+    last greenlet returned, and until the loops are done.
+    """
+    probe = Probe(n)
+    all_started = Event()
+    order: list[int] = []
+    cleaned = 0
+    marks: dict[str, float] = {}
+
+    def task(index: int, stop: Event) -> None:
+        probe.started += 1
+        if probe.started == n:
+            all_started.set()
+        try:
+            stop.wait()
+        finally:
+            probe.stopped += 1
+            order.append(index)
+            if len(order) == n:
+                marks["t_last"] = perf_counter()
+
+    def cleanup(index: int) -> None:
+        nonlocal cleaned
+        cleaned += 1
+
+    stops = [Event() for _ in range(n)]
+    greenlets = [gevent.spawn(task, i, stops[i]) for i in range(n)]
+    all_started.wait()
+    t0 = perf_counter()
+    for i in range(n - 1, -1, -1):
+        stops[i].set()
+        greenlets[i].join()
+    for i in range(n - 1, -1, -1):
+        cleanup(i)
+    t1 = perf_counter()
+    fails = probe.fails() + reverse_order_fails(order, n)
+    if cleaned != n:
+        fails.append(f"{cleaned}/{n} cleaned up")
+    return result({"stop_s": marks.get("t_last", t1) - t0, "elapsed_s": t1 - t0}, fails)
+
+
+def restart_storm(n: int) -> dict[str, Any]:
+    """N greenlets that fail at once, each respawned by hand up to STORM_RESTARTS times.
+
+    A guard around each run catches the failure (no "Greenlet failed" traceback from the
+    hub) and spawns a fresh greenlet for the task's next run while it has restarts left;
+    the 11th run returns cleanly. Until the group is empty.
+    """
+    probe = Probe(n)
+    runs = [0] * n
+    total_runs = 0
+    restarts = 0
+    group = Group()
+
+    def body(index: int) -> None:
+        nonlocal total_runs
+        total_runs += 1
+        runs[index] += 1
+        if runs[index] == 1:
+            probe.started += 1
+        if runs[index] <= STORM_RESTARTS:
+            raise Boom("storm")
+        probe.stopped += 1
+
+    def guard(index: int, left: int) -> None:
+        nonlocal restarts
+        try:
+            body(index)
+        except Exception:
+            if left:
+                restarts += 1
+                group.spawn(guard, index, left - 1)
+
+    t0 = perf_counter()
+    for i in range(n):
+        group.spawn(guard, i, STORM_RESTARTS)
+    group.join()
+    t1 = perf_counter()
+    fails = probe.fails() + storm_fails(total_runs, restarts, n)
+    elapsed = t1 - t0
+    return result({"total_s": elapsed, "per_restart_s": elapsed / (n * STORM_RESTARTS)}, fails)

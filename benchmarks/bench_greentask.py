@@ -7,16 +7,33 @@ per-task f-string would add its own ~0.1 us, not greentask's); they block with
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import gevent
-from _common import FORCED_STOP_TIMEOUT, Boom, Probe, batches, churn_result, perf_counter, result, rss
+from _common import (
+    FORCED_STOP_TIMEOUT,
+    STORM_RESTARTS,
+    STORM_WITHIN,
+    Boom,
+    Probe,
+    batches,
+    churn_result,
+    perf_counter,
+    result,
+    reverse_order_fails,
+    rss,
+    storm_fails,
+)
 from gevent.event import Event
 
 import greentask as gt
 
 ERROR = gt.ExecuteTaskType.ERROR
+LOGGER = logging.getLogger("greentask")
 
 
 def _error_fails(errors: list[gt.NamedError]) -> list[str]:
@@ -191,3 +208,159 @@ def context_churn(count: int) -> dict[str, Any]:
     out = churn_result(elapsed, count, before, retained)
     cancel_parent()
     return out
+
+
+def stop_reverse(n: int) -> dict[str, Any]:
+    """N ``add_task`` tasks under ``StopOrder.REVERSE``, each returning at once when cancelled.
+
+    Each task is its own object (``add_task`` refuses the same one twice) with a no-op
+    ``initialize``, an ``execute`` in ``ctx.wait()`` and a counting ``cleanup``. Time from
+    ``manager.stop()`` (once every task runs) until the last task returned (the staged
+    stop, one task at a time in reverse add order), and until ``run()`` returned (then
+    every cleanup, in reverse add order).
+    """
+    probe = Probe(n)
+    all_started = Event()
+    order: list[int] = []
+    cleaned = 0
+    marks: dict[str, float] = {}
+    manager = gt.TaskManager(stop_order=gt.StopOrder.REVERSE)
+
+    class Parked:
+        __slots__ = ("index",)
+
+        def __init__(self, index: int) -> None:
+            self.index = index
+
+        def initialize(self, ctx: gt.Context) -> None:
+            pass
+
+        def execute(self, ctx: gt.Context) -> None:
+            probe.started += 1
+            if probe.started == n:
+                all_started.set()
+            try:
+                ctx.wait()
+            finally:
+                probe.stopped += 1
+                order.append(self.index)
+                if len(order) == n:
+                    marks["t_last"] = perf_counter()
+
+        def cleanup(self, ctx: gt.Context) -> None:
+            nonlocal cleaned
+            cleaned += 1
+
+    def controller() -> None:
+        all_started.wait()
+        marks["t_stop"] = perf_counter()
+        manager.stop()
+
+    gevent.spawn(controller)
+    for i in range(n):
+        manager.add_task("task", Parked(i))
+    errors = manager.run()
+    t_end = perf_counter()
+    fails = probe.fails() + reverse_order_fails(order, n) + _error_fails(errors)
+    if cleaned != n:
+        fails.append(f"{cleaned}/{n} cleaned up")
+    t_stop = marks["t_stop"]
+    return result({"stop_s": marks.get("t_last", t_end) - t_stop, "elapsed_s": t_end - t_stop}, fails)
+
+
+@contextmanager
+def _greentask_log(level: int, handler: logging.Handler | None = None) -> Iterator[None]:
+    """The ``greentask`` logger at ``level`` (with ``handler`` attached) for the block."""
+    before = LOGGER.level
+    LOGGER.setLevel(level)
+    if handler is not None:
+        LOGGER.addHandler(handler)
+    try:
+        yield
+    finally:
+        if handler is not None:
+            LOGGER.removeHandler(handler)
+        LOGGER.setLevel(before)
+
+
+def _storm(n: int) -> tuple[float, list[str]]:
+    """One restart storm (see `restart_storm`): its time and its failed checks."""
+    probe = Probe(n)
+    total_runs = 0
+    manager = gt.TaskManager()
+    policy = gt.Restart(max_restarts=STORM_RESTARTS, within=STORM_WITHIN)
+
+    class Stormer:
+        __slots__ = ("runs",)
+
+        def __init__(self) -> None:
+            self.runs = 0
+
+        def execute(self, ctx: gt.Context) -> None:
+            nonlocal total_runs
+            total_runs += 1
+            self.runs += 1
+            if self.runs == 1:
+                probe.started += 1
+            if self.runs <= STORM_RESTARTS:
+                raise Boom("storm")
+            probe.stopped += 1
+            if probe.stopped == n:
+                manager.stop()
+
+    tasks = [Stormer() for _ in range(n)]
+    add = manager.add_execute_task
+    t0 = perf_counter()
+    handles = [add("task", task, ERROR, restart=policy) for task in tasks]
+    errors = manager.run()
+    t1 = perf_counter()
+    restarts = sum(h.restarts for h in handles)
+    fails = probe.fails() + storm_fails(total_runs, restarts, n) + _error_fails(errors)
+    reason = manager.stop_reason
+    if reason is None or reason.kind != "stop":
+        fails.append(f"stop_reason {reason!r}, expected kind 'stop'")
+    return t1 - t0, fails
+
+
+def restart_storm(n: int) -> dict[str, Any]:
+    """N ERROR execute tasks with ``Restart(max_restarts=10, within=60)``, no backoff.
+
+    Each fails at once (a fresh ``Boom``) on its first 10 runs, so it is restarted 10
+    times, exactly its budget, and returns cleanly on its 11th run (ERROR: nothing
+    happens); the task that finishes last stops the manager. No task gives up, so the
+    run ends the same way every time: a give-up would record a ``RestartLimitExceeded``
+    and cancel the whole manager mid-storm, which the checks report as a FAIL (with the
+    run's errors, counts and ``handle.restarts``). Time from the first add until
+    ``run()`` returned; per restart: that over N x 10 (so it also carries each task's
+    first start and its final clean run). The ``greentask`` logger is set to CRITICAL
+    for the cell: each restarted failure logs an ERROR with its traceback (see
+    `restart_storm_logged` for what that costs).
+    """
+    with _greentask_log(logging.CRITICAL):
+        elapsed, fails = _storm(n)
+    return result({"total_s": elapsed, "per_restart_s": elapsed / (n * STORM_RESTARTS)}, fails)
+
+
+def restart_storm_logged(n: int) -> dict[str, Any]:
+    """What the ERROR log lines of a restart storm cost, measured once by hand.
+
+    Not a workload of ``run.py``: ``python benchmarks/_cell.py greentask
+    restart_storm_logged 1000``. The same storm twice in one process: silenced (as in
+    `restart_storm`), then with a ``StreamHandler`` to ``os.devnull`` (default level,
+    so the ERROR lines pass and every traceback is formatted and written).
+    """
+    with _greentask_log(logging.CRITICAL):
+        silent, fails = _storm(n)
+    with open(os.devnull, "w", encoding="utf-8") as sink:
+        handler = logging.StreamHandler(sink)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        with _greentask_log(logging.NOTSET, handler):
+            logged, more = _storm(n)
+    restarts = n * STORM_RESTARTS
+    metrics = {
+        "silent_s": silent,
+        "logged_s": logged,
+        "log_cost_per_restart_s": (logged - silent) / restarts,
+        "logged_over_silent": logged / silent,
+    }
+    return result(metrics, fails + more)

@@ -6,12 +6,15 @@ Usage::
     python benchmarks/run.py --full          # N = 1k, 10k, 100k (`make bench FULL=1`)
     python benchmarks/run.py --n 20000 --only spawn_cancel,greentask --repeats 1
     python benchmarks/run.py --n 100000 --only greentask --compare /tmp/patched --clock cpu
+    python benchmarks/run.py --only stop_reverse,restart_storm,greentask --clock cpu
 
 Every cell (one workload, one framework, one N, one repeat) runs in a fresh process
 (``_cell.py``), so no cell inherits another's heap, hub or event loop; the figure of a
 cell is the median of its repeats, and repeats are interleaved (repeat 1 of every cell,
 then repeat 2, ...) so a burst of load on the machine hits every column alike. Each
 figure is also given as a ratio to raw gevent (the hand-written floor) at the same N.
+stop_reverse and restart_storm measure greentask policies with no counterpart in the
+other frameworks: they run for raw gevent and greentask only (the rest show ``n/a``).
 Every task counts itself started and stopped; a cell whose counts, errors or
 bookkeeping are wrong shows ``FAIL: <what>`` instead of a figure.
 
@@ -62,7 +65,15 @@ WORKLOADS = (
     "forced_stop",
     "memory",
     "context_churn",
+    "stop_reverse",
+    "restart_storm",
 )
+#: Workloads that only some frameworks run (the others show "n/a"): both measure
+#: greentask policies (a staged stop, restarts) against their hand-written gevent floor.
+ONLY_FRAMEWORKS = {
+    "stop_reverse": ("gevent", "greentask"),
+    "restart_storm": ("gevent", "greentask"),
+}
 
 QUICK_SIZES = (1_000, 10_000)
 FULL_SIZES = (1_000, 10_000, 100_000)
@@ -70,6 +81,11 @@ QUICK_REPEATS = 3
 FULL_REPEATS = 3
 QUICK_CHURN = 200_000
 FULL_CHURN = 1_000_000
+#: stop_reverse's N (``--n`` overrides both): one task at a time, so smaller than the rest.
+QUICK_STOP_SIZES = (1_000,)
+FULL_STOP_SIZES = (100, 1_000, 10_000)
+#: restart_storm's tasks (each restarted 10 times), in both modes; with ``--n``, the smallest N.
+STORM_N = 1_000
 CELL_TIMEOUT = 300.0
 CLOCKS = {"wall": "wall time (perf_counter)", "cpu": "CPU time of the cell's process (process_time)"}
 
@@ -98,6 +114,14 @@ METRICS: dict[str, tuple[Metric, ...]] = {
         Metric("ns_per_child", "create + cancel one child", "ns"),
         Metric("rss_growth", "RSS growth over the run", "delta"),
     ),
+    "stop_reverse": (
+        Metric("stop_s", "stop() -> last task returned", "time"),
+        Metric("elapsed_s", "stop() -> returned (with cleanups)", "time"),
+    ),
+    "restart_storm": (
+        Metric("total_s", "first add -> returned", "time"),
+        Metric("per_restart_s", "per restart", "time"),
+    ),
 }
 
 #: greentask's targets at the largest N: (workload, metric, the highest ratio to raw gevent).
@@ -108,7 +132,8 @@ TARGETS = (
     ("failure_propagation", "elapsed_s", 1.3),
     ("memory", "bytes_per_task", 1.3),
 )
-#: forced_stop is linear if the time at 10x the tasks is at most this many times longer.
+#: forced_stop and stop_reverse are linear if the time at 10x the tasks is at most this
+#: many times longer.
 LINEAR_LIMIT = 15.0
 
 NOTES = """\
@@ -147,6 +172,37 @@ framework reported) before its figure is used.
   nested `CancelScope` cancelled inside; raw gevent and asyncio have no cancel tree,
   so the floor is hand-written: an `Event` / a future added to the parent's set,
   set / cancelled, removed). The cell fails if the parent still references a child.
+- **stop_reverse** (raw gevent and greentask only): N tasks added with `add_task` to a
+  `TaskManager(stop_order=StopOrder.REVERSE)`, each its own object (no-op
+  `initialize`, `execute` in `ctx.wait()`, a counting `cleanup`), so returning at once
+  when cancelled; raw gevent: N greenlets each parked on its own Event, and a loop
+  that sets the last one's Event, joins it, then the one before, ..., then calls a
+  no-op cleanup per task in reverse order. From `manager.stop()` / the first `set`
+  (every task running) until the last task returned, and until `run()` / the loops
+  returned (greentask's cleanup phase included). The cell checks that the tasks
+  stopped in exactly reverse add order and were each cleaned up once. N = 1,000 in
+  quick mode, 100 / 1,000 / 10,000 in full; the scaling table divides the total
+  across N ten times apart (linear: <= 15).
+- **restart_storm** (raw gevent and greentask only): 1,000 tasks (the smallest `--n`
+  when given) that raise at once on each of their first 10 runs and return cleanly on
+  the 11th. greentask: ERROR execute tasks with `restart=Restart(max_restarts=10,
+  within=60)`, no backoff, so each is restarted exactly its budget and none gives up
+  (a give-up would record a `RestartLimitExceeded` and cancel the whole manager
+  mid-storm: the cell's checks would fail); the task that finishes last calls
+  `stop()`. Raw gevent: a guard around each run catches the failure and spawns a fresh
+  greenlet for the next run, up to 10 times. From the first add / spawn until `run()`
+  / the group returned; *per restart* is that over N x 10 (so it also carries each
+  task's first start and its clean last run). The cell checks the runs, the restarts
+  (`handle.restarts`), `run()`'s errors and `stop_reason`. The `greentask` logger is
+  set to CRITICAL inside the cell: each restarted failure logs an ERROR line with its
+  traceback. What that logging costs with a handler attached (a `StreamHandler` to
+  `/dev/null`, default format and level) was measured once, not per run: about
+  0.18-0.19 ms of CPU per restarted failure, which made the 1,000-task storm 2.9-3.9x
+  as long as with the logger silenced (3 runs, `--clock cpu`, Python 3.11, on a loaded
+  2-core machine; the cost is the stdlib formatting the traceback: `linecache` stats
+  and 3.11's caret-anchor `compile` per frame). Measure it again with
+  `python benchmarks/_cell.py greentask restart_storm_logged 1000` (`BENCH_CLOCK=cpu`
+  for CPU time).
 
 Ratios are cost relative to raw gevent at the same N (time or bytes; for tasks/s the
 inverse of the rate ratio): below 1 is cheaper than the floor, above 1 dearer. `±` is
@@ -224,17 +280,34 @@ def run_cell(
     return outcome
 
 
-def plan(workloads: Sequence[str], sizes: Sequence[int], churn: int) -> list[tuple[str, int]]:
-    """The (workload, N) rows to run: memory at the largest N only, churn once."""
+def plan(
+    workloads: Sequence[str],
+    sizes: Sequence[int],
+    churn: int,
+    stop_sizes: Sequence[int] = QUICK_STOP_SIZES,
+    storm_n: int = STORM_N,
+) -> list[tuple[str, int]]:
+    """The (workload, N) rows to run: memory at the largest N only, churn once,
+    stop_reverse at its own sizes, restart_storm once."""
     rows: list[tuple[str, int]] = []
     for workload in workloads:
         if workload == "memory":
             rows.append((workload, max(sizes)))
         elif workload == "context_churn":
             rows.append((workload, churn))
+        elif workload == "stop_reverse":
+            rows.extend((workload, n) for n in stop_sizes)
+        elif workload == "restart_storm":
+            rows.append((workload, storm_n))
         else:
             rows.extend((workload, n) for n in sizes)
     return rows
+
+
+def supports(workload: str, framework: str) -> bool:
+    """Whether ``framework`` runs ``workload`` (``--compare``'s column is greentask's)."""
+    only = ONLY_FRAMEWORKS.get(workload)
+    return only is None or ("greentask" if framework == OTHER else framework) in only
 
 
 def run_all(
@@ -248,12 +321,13 @@ def run_all(
     other: Path | None = None,
 ) -> dict[tuple[str, str, int], Cell]:
     """Run every cell ``repeats`` times, interleaved; return the cells."""
-    cells = {(w, f, n): Cell(w, f, n) for w, n in rows for f in frameworks}
+    cells = {(w, f, n): Cell(w, f, n) for w, n in rows for f in frameworks if supports(w, f)}
     order: list[tuple[str, str, int]] = []
     for rep in range(repeats):
         for workload, n in rows:
             shift = rep % len(frameworks)  # rotate so no framework always runs first
-            order.extend((workload, f, n) for f in [*frameworks[shift:], *frameworks[:shift]])
+            rotated = [*frameworks[shift:], *frameworks[:shift]]
+            order.extend((workload, f, n) for f in rotated if supports(workload, f))
     total = len(order)
     started = time.monotonic()
 
@@ -317,7 +391,7 @@ def fmt_cell(cells: dict[tuple[str, str, int], Cell], metric: Metric, workload: 
     """One table cell: ``value (ratio) ±spread`` or ``FAIL: ...``."""
     cell = cells.get((workload, framework, n))
     if cell is None:
-        return "-"
+        return "-" if supports(workload, framework) else "n/a"
     fails = cell.fails()
     if fails:
         bad = sum(1 for o in cell.outcomes if o["fails"])
@@ -381,17 +455,25 @@ def targets_table(cells: dict[tuple[str, str, int], Cell], sizes: Sequence[int],
     return "\n".join(lines)
 
 
-def scaling_table(cells: dict[tuple[str, str, int], Cell], sizes: Sequence[int], frameworks: Sequence[str]) -> str:
-    """forced_stop: time at 10x the tasks over the time at x, per framework."""
+def scaling_table(
+    cells: dict[tuple[str, str, int], Cell],
+    sizes: Sequence[int],
+    frameworks: Sequence[str],
+    workload: str = "forced_stop",
+) -> str:
+    """``workload`` (forced_stop, stop_reverse): time at 10x the tasks over the time at x."""
     pairs = [(a, b) for a in sizes for b in sizes if b == 10 * a]
-    if not pairs or not any(c.workload == "forced_stop" for c in cells.values()):
-        return "(needs forced_stop at two sizes ten times apart)"
-    head = ["forced_stop", *(FRAMEWORK_TITLES[f] for f in frameworks)]
+    if not pairs or not any(c.workload == workload for c in cells.values()):
+        return f"(needs {workload} at two sizes ten times apart)"
+    head = [workload, *(FRAMEWORK_TITLES[f] for f in frameworks)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for a, b in pairs:
         row = [f"t({b:,}) / t({a:,})"]
         for f in frameworks:
-            ca, cb = cells.get(("forced_stop", f, a)), cells.get(("forced_stop", f, b))
+            if not supports(workload, f):
+                row.append("n/a")
+                continue
+            ca, cb = cells.get((workload, f, a)), cells.get((workload, f, b))
             va = None if ca is None else ca.median("elapsed_s")
             vb = None if cb is None else cb.median("elapsed_s")
             if va is None or vb is None or va <= 0:
@@ -467,7 +549,9 @@ def header(args: argparse.Namespace, load_before: str, seconds: float) -> str:
             f"- Python {platform.python_version()} ({platform.python_implementation()}); {versions}",
             f"- greentask {version('greentask')} from {greentask_source()}",
             f"- mode: {args.mode}; N = {', '.join(f'{n:,}' for n in args.sizes)}; "
-            f"context_churn children = {args.churn:,}; {args.repeats} repeat(s) per cell, median shown; "
+            f"context_churn children = {args.churn:,}; "
+            f"stop_reverse N = {', '.join(f'{n:,}' for n in args.stop_sizes)}; "
+            f"restart_storm tasks = {args.storm_n:,}; {args.repeats} repeat(s) per cell, median shown; "
             f"clock: {CLOCKS[args.clock]}; {seconds:.0f} s in all",
             f"- command: `{' '.join(['python', 'benchmarks/run.py', *sys.argv[1:]])}`",
         ]
@@ -492,8 +576,16 @@ def _csv_ints(text: str) -> list[int]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--full", action="store_true", help="N = 1,000 / 10,000 / 100,000, 1M context children")
-    parser.add_argument("--n", type=_csv_ints, help="comma-separated task counts (overrides the mode's)")
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="N = 1,000 / 10,000 / 100,000, 1M context children, stop_reverse N = 100 / 1,000 / 10,000",
+    )
+    parser.add_argument(
+        "--n",
+        type=_csv_ints,
+        help="comma-separated task counts (overrides the mode's, stop_reverse's too; restart_storm runs the smallest)",
+    )
     parser.add_argument(
         "--only",
         help="comma-separated workloads and/or frameworks to run (raw gevent always runs: it is the baseline); "
@@ -539,6 +631,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.sizes = args.n or list(FULL_SIZES if args.full else QUICK_SIZES)
     args.repeats = args.repeats or (FULL_REPEATS if args.full else QUICK_REPEATS)
     args.churn = (args.churn_n or [FULL_CHURN if args.full else QUICK_CHURN])[0]
+    args.stop_sizes = args.n or list(FULL_STOP_SIZES if args.full else QUICK_STOP_SIZES)
+    args.storm_n = min(args.n) if args.n else STORM_N
     if args.n:
         args.mode += " (custom N)"
     return args
@@ -549,7 +643,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     load_before = loadavg()
     started = time.monotonic()
-    rows = plan(args.workloads, args.sizes, args.churn)
+    rows = plan(args.workloads, args.sizes, args.churn, args.stop_sizes, args.storm_n)
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -565,6 +659,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             targets_table(cells, args.sizes, args.frameworks),
             "## forced_stop scaling",
             scaling_table(cells, args.sizes, args.frameworks),
+            "## stop_reverse scaling",
+            scaling_table(cells, args.stop_sizes, args.frameworks, "stop_reverse"),
             NOTES,
         ]
     )

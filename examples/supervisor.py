@@ -36,7 +36,12 @@ from greentask.tasks import Backoff, Repeatable, Subprocess  # noqa: E402
 
 
 def say(who: str, text: str) -> None:
-    print(f"[{who}] {text}", flush=True)
+    # One write for the whole line: the supervisor and its children share one stdout,
+    # and print() may write the text and its newline separately (it does unbuffered,
+    # e.g. with PYTHONUNBUFFERED), so two processes' lines could interleave. A write to
+    # a pipe of at most PIPE_BUF (4096) bytes is never interleaved with another.
+    sys.stdout.write(f"[{who}] {text}\n")
+    sys.stdout.flush()
 
 
 def child_main(name: str, crash_after: float) -> int:

@@ -35,7 +35,6 @@ import signal
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import Any
 
 from .manager import TaskManager
 from .runner import run
@@ -286,10 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"greentask: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
-    options: dict[str, Any] = {"stop_timeout": args.stop_timeout}
-    if args.dump_signal is not None:
-        options["dump_signal"] = args.dump_signal
-    return run(manager, **options)
+    return run(manager, stop_timeout=args.stop_timeout, dump_signal=args.dump_signal)
 
 
 if __name__ == "__main__":

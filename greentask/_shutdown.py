@@ -31,7 +31,7 @@ from ._base import _get_ident, _ManagerCore, _Phase, _Watch
 from ._record import _Record
 from ._stages import _Stages
 from ._types import StopOrder, TaskType
-from .context import background, with_deadline, without_cancel
+from .context import _own_state, background, with_deadline, without_cancel
 from .errors import Stage, StopReason, StopTimeout, TaskState
 
 logger = logging.getLogger("greentask")
@@ -56,19 +56,27 @@ class _Shutdown(_Stages, _ManagerCore):
         # are hub callbacks that run after this hook.
         now = self._now()
         together = self._stop_order is StopOrder.TOGETHER
-        cause = ctx.cause
         for record in self._running:
             if record.stop_requested:
                 continue
             if together or record.kind == "execute":
+                # Execute tasks' contexts are cancelled with the run context (shared or
+                # child state); under REVERSE the tasks' wait for their turn.
                 self._mark_stopping(record, now)
-                if not together and record.cancel is not None:
-                    record.cancel(cause)
         # Runtime tasks still queued for initialize are never initialized (SPEC §9).
         queue = self._init_queue
         while queue:
             self._skip_initialize(queue.popleft())
         self._emit("cancelled", None, ctx.cause)
+
+    def _cancel_task(self, record: _Record, cause: BaseException | None) -> None:
+        """Cancel one task's context alone (a shared execute-task context is split first)."""
+        if record.cancel is not None:
+            record.cancel(cause)
+        elif record.ctx is not None:
+            state = _own_state(record.ctx)
+            if state is not None:
+                state.cancel(cause)
 
     def _mark_stopping(self, record: _Record, now: float) -> None:
         if record.state is TaskState.RUNNING:
@@ -102,23 +110,20 @@ class _Shutdown(_Stages, _ManagerCore):
             self._drop(record)  # queued: never initialized or started
         elif state is TaskState.INITIALIZING:
             self._count_stop_group(record)
-            if record.cancel is not None:
-                record.cancel(cause)  # whoever runs the initialize cleans up once it returned
+            self._cancel_task(record, cause)  # whoever runs the initialize cleans up once it returned
         elif state is TaskState.RUNNING:
             self._mark_stopping(record, self._now())
-            assert record.cancel is not None
-            record.cancel(cause)
+            self._cancel_task(record, cause)
             self._count_stop_group(record)
             self._helpers.spawn(self._stop_running, record).name = record.name
         elif state in (TaskState.STOPPED, TaskState.FAILED) and record.kind == "task":
             if record.restart_pending:
-                if record.cancel is not None:
-                    record.cancel(cause)  # the restart cycle sees stop_requested
+                self._cancel_task(record, cause)  # the restart cycle sees stop_requested
             else:
                 self._helpers.spawn(self._cleanup_now, record).name = record.name
-        elif record.cancel is not None:
+        else:
             # RESTARTING or CLEANING_UP in a restart cycle: it ends the cycle.
-            record.cancel(cause)
+            self._cancel_task(record, cause)
         record.changed()
 
     def _drop(self, record: _Record) -> None:
@@ -184,15 +189,14 @@ class _Shutdown(_Stages, _ManagerCore):
             if self._forced.is_set():
                 break
             self._mark_stopping(record, self._now())
-            assert record.cancel is not None
-            record.cancel(cause)
+            self._cancel_task(record, cause)
             self._reap([record], self._now())
         remaining = list(self._running)
         now = self._now()
         for record in remaining:  # forced: everything still executing at once
-            if record.cancel is not None and not record.stop_requested:
+            if not record.stop_requested:
                 self._mark_stopping(record, now)
-                record.cancel(cause)
+                self._cancel_task(record, cause)
         self._reap(remaining, now)
 
     def _force(self) -> None:

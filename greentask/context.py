@@ -311,7 +311,7 @@ class CancelScope:
             if state.err is not None:
                 get_hub().loop.run_callback(self._deliver)
             else:
-                state.add_callback(self, self._deliver)
+                self._ctx._add(state, self, self._deliver)
         return self
 
     def _deliver(self) -> None:
@@ -327,9 +327,8 @@ class CancelScope:
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> bool:
         self._active = False
+        self._ctx._remove(self)
         state = self._ctx._state
-        if state is not None:
-            state.remove_callback(self)
         # Swallow the Cancelled this block threw in, and ``ctx.check()``'s (the context's
         # own ``err``): both mean "this block's context was cancelled". Anything else,
         # including another context's cancellation or a kill, propagates.
@@ -516,7 +515,7 @@ class Context:
         waiter: Any = Waiter()
         state = self._state
         if state is not None:
-            state.add_callback(waiter, waiter.switch_args)
+            self._add(state, waiter, waiter.switch_args)
         timer = None
         if timeout is not None:
             clock = self._clock
@@ -525,7 +524,7 @@ class Context:
             waiter.get()
         finally:
             if state is not None:
-                state.remove_callback(waiter)
+                self._remove(waiter)
             if timer is not None:
                 timer.cancel()
 
@@ -574,9 +573,9 @@ class Context:
             return _stopped
 
         def stop() -> bool:
-            return state.remove_callback(entry)
+            return self._remove(entry)
 
-        state.add_callback(entry, entry.fire)
+        self._add(state, entry, entry.fire)
         return stop
 
     def cancellable(self) -> CancelScope:
@@ -628,7 +627,7 @@ class Context:
         state = self._state
         if state is None:
             return
-        state.add_callback(self._link_key(callback), lambda: callback(self))
+        self._add(state, self._link_key(callback), lambda: callback(self))
         if state.err is not None:
             # Already cancelled: call it soon, from the dict, so `unlink` can still stop it.
             get_hub().loop.run_callback(_run_callbacks, [state])
@@ -639,9 +638,7 @@ class Context:
         Args:
             callback: the callable given to `rawlink`.
         """
-        state = self._state
-        if state is not None:
-            state.remove_callback(self._link_key(callback))
+        self._remove(self._link_key(callback))
 
     def _link_key(self, callback: Callable[[Any], Any]) -> Hashable:
         # Equal bound methods give equal keys (gevent unlinks with a fresh one); an
@@ -651,6 +648,15 @@ class Context:
         except TypeError:
             return ("link-id", id(callback), self)
         return ("link", callback, self)
+
+    def _add(self, state: _State, key: Hashable, callback: Callable[[], Any]) -> None:
+        """Register a cancellation callback (every registration goes through here)."""
+        state.add_callback(key, callback)
+
+    def _remove(self, key: Hashable) -> bool:
+        """Unregister ``key`` from this context's (current) state."""
+        state = self._state
+        return False if state is None else state.remove_callback(key)
 
     def ready(self) -> bool:
         """Same as `cancelled` (gevent's naming)."""
@@ -665,6 +671,85 @@ class Context:
             status = "active"
         extra = f" deadline={self.deadline:.3f}" if self.deadline is not None else ""
         return f"<Context {status}{extra}>"
+
+
+class _TaskContext(Context):
+    """A manager's execute-task context that shares the run context's state until it must not.
+
+    Most execute tasks are never stopped alone, so their context costs one object: it
+    reads the run context's cancellation state (like `with_value`), and its waiters
+    register on that state, so cancelling the run context wakes them exactly as before.
+    It gets a state of its own (`_split`) only when it must be cancelled alone
+    (``handle.stop()``) or when a context is derived from it: the registrations made
+    through it so far (tracked in ``_keys``) move to the new state, a child of the run
+    context's, so nothing is missed.
+    """
+
+    __slots__ = ("_keys", "_own")
+
+    def __init__(self, parent: Context, info: object) -> None:
+        super().__init__(parent, parent._state, parent._clock, _TASK_KEY, info)
+        self._own = parent._state is None
+        self._keys: Any = None  # registrations made through it while shared: one key or a set
+
+    def _add(self, state: _State, key: Hashable, callback: Callable[[], Any]) -> None:
+        state.add_callback(key, callback)
+        if not self._own:
+            keys = self._keys
+            if keys is None:
+                self._keys = key
+            elif type(keys) is _KeySet:
+                keys.add(key)
+            else:
+                self._keys = _KeySet((keys, key))
+
+    def _remove(self, key: Hashable) -> bool:
+        state = self._state
+        if not self._own:
+            keys = self._keys
+            if type(keys) is _KeySet:
+                keys.discard(key)
+            elif keys is key or keys == key:
+                self._keys = None
+        return False if state is None else state.remove_callback(key)
+
+    def _split(self) -> _State:
+        """Give this context its own state (a child of the shared one); return it."""
+        shared = self._state
+        if self._own:
+            assert shared is not None
+            return shared
+        assert shared is not None
+        state = _State(shared, shared.deadline)
+        state.attach(shared)
+        keys = self._keys
+        self._keys = None
+        moved = keys if type(keys) is _KeySet else () if keys is None else (keys,)
+        callbacks = shared.callbacks
+        for key in moved:
+            callback = None if callbacks is None else callbacks.pop(key, None)
+            if callback is not None:
+                state.add_callback(key, callback)
+        if callbacks is not None and not callbacks:
+            shared.callbacks = None
+        self._state = state
+        self._own = True
+        if state.err is not None and state.callbacks:
+            get_hub().loop.run_callback(_run_callbacks, [state])
+        return state
+
+
+class _KeySet(set):  # type: ignore[type-arg]
+    """The registrations of a shared `_TaskContext` when it has more than one."""
+
+    __slots__ = ()
+
+
+def _own_state(ctx: Context) -> _State | None:
+    """``ctx``'s state, split off first if ``ctx`` is a shared task context."""
+    if type(ctx) is _TaskContext and not ctx._own:
+        return ctx._split()
+    return ctx._state
 
 
 def _stopped() -> bool:
@@ -728,7 +813,7 @@ def with_cancel(parent: Context) -> tuple[Context, CancelFunc]:
     """
     if not isinstance(parent, Context):
         _check_context("parent", parent)
-    parent_state = parent._state
+    parent_state = _own_state(parent)
     if parent_state is None:
         state = _State(None, None)
     else:
@@ -771,7 +856,7 @@ def with_deadline(parent: Context, when: float) -> tuple[Context, CancelFunc]:
         msg = f"when must be a clock time in seconds, not NaN, got {when!r}"
         raise ValueError(msg)
     clock = parent._clock
-    parent_state = parent._state
+    parent_state = _own_state(parent)
     parent_deadline = None if parent_state is None else parent_state.deadline
     own = parent_deadline is None or when < parent_deadline
     state = _State(parent_state, float(when) if own else parent_deadline)
@@ -831,7 +916,7 @@ def _task_context(parent: Context, info: object, *, linked: bool, key: Any = _TA
     keeps the parent's values, clock and deadline but is cancelled only by its own
     ``cancel``: the manager cancels it at the task's turn. One object either way (O(1)).
     """
-    parent_state = parent._state
+    parent_state = _own_state(parent)
     if parent_state is None:
         state = _State(None, None)
     else:
@@ -847,6 +932,8 @@ def _release(ctx: Context) -> None:
     A manager's run context would otherwise keep every finished task's context alive.
     The released context is no longer reached by the parent's cancellation.
     """
+    if type(ctx) is _TaskContext and not ctx._own:
+        return  # it shares its parent's state: nothing of its own to detach
     state = ctx._state
     if state is None:
         return
@@ -891,7 +978,7 @@ def with_value(parent: Context, key: Hashable, value: Any) -> Context:
     """
     _check_context("parent", parent)
     _check_key(key)
-    return Context(parent, parent._state, parent._clock, key, value)
+    return Context(parent, _own_state(parent), parent._clock, key, value)
 
 
 def without_cancel(parent: Context) -> Context:

@@ -30,6 +30,7 @@ from typing import Any
 import gevent
 from gevent.event import Event
 from gevent.pool import Pool
+from gunicorn.arbiter import Arbiter  # type: ignore[import-untyped]
 from gunicorn.http.wsgi import base_environ  # type: ignore[import-untyped]
 from gunicorn.sock import ssl_context  # type: ignore[import-untyped]
 from gunicorn.workers.base import Worker as _BaseWorker  # type: ignore[import-untyped]
@@ -44,7 +45,7 @@ from . import tasks
 from .__main__ import ManagerLoadError, load_manager
 from ._signals import SignalWatch, watch_signal
 from ._types import ExecuteTaskType, StopOrder, TaskType
-from .context import Context
+from .context import CancelFunc, Context, background, with_cancel
 from .errors import ManagerEvent, NamedError, Stage, StopTimeout
 from .manager import TaskManager
 from .runner import SignalReceived
@@ -55,8 +56,8 @@ __all__ = ["ENVIRONMENT_VARIABLE", "Worker", "WorkerShutdown"]
 #: The environment variable that names the manager: ``module:attr``.
 ENVIRONMENT_VARIABLE = "GREENTASK_MANAGER"
 
-#: gunicorn's ``Arbiter.WORKER_BOOT_ERROR``: a worker exiting with it stops gunicorn.
-WORKER_BOOT_ERROR = 3
+#: gunicorn's boot error exit code (3): a worker exiting with it stops gunicorn.
+WORKER_BOOT_ERROR: int = Arbiter.WORKER_BOOT_ERROR
 
 #: Exit code of a worker whose manager recorded errors (gunicorn starts a fresh one).
 EXIT_ERROR = 1
@@ -67,7 +68,8 @@ MAX_HEARTBEAT = 1.0
 #: The name of the manager a worker runs when ``GREENTASK_MANAGER`` is not set.
 DEFAULT_NAME = "gunicorn worker"
 
-logger = logging.getLogger("greentask")
+#: The signals that stop a worker: gracefully (SIGTERM) or quickly (SIGINT, SIGQUIT).
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
 
 class WorkerShutdown(Exception):
@@ -89,11 +91,34 @@ class _Handler(PyWSGIHandler):  # type: ignore[misc]
 
 
 class _WSGIServer(PyWSGIServer):  # type: ignore[misc]
-    """gunicorn's pywsgi server, calling ``request_started`` before each request."""
+    """gunicorn's pywsgi server: calls ``request_started`` before each request, and takes
+    over the connections the kernel has queued before it closes its listener."""
 
-    def __init__(self, *args: Any, request_started: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, request_started: Any, queued_limit: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.request_started = request_started
+        self.queued_limit = queued_limit
+
+    def close(self) -> None:
+        """Accept the connections already queued (at most ``queued_limit``), then close.
+
+        Closing a listening socket resets the connections in its accept queue: clients
+        that connected, and often sent their request, get "connection reset" although
+        no worker ever saw them. gunicorn's workers share one listener, and when the
+        last of them closes its copy, everything still queued is reset. So a server
+        that was accepting first accepts what is queued; those requests are then served
+        (with ``Connection: close``) and drained like the ones in flight.
+        """
+        if self.started and not self.closed:
+            for _ in range(self.queued_limit):
+                try:
+                    accepted = self.do_read()
+                except OSError:
+                    break
+                if not accepted:
+                    break  # nothing queued any more
+                self.do_handle(*accepted)
+        super().close()
 
 
 class Worker(GeventWorker):  # type: ignore[misc]
@@ -125,13 +150,16 @@ class Worker(GeventWorker):  # type: ignore[misc]
 
     ====================  ===========================================================
     SIGTERM               graceful: ``manager.stop(SignalReceived(SIGTERM))``; the
-                          servers stop accepting, requests in flight complete,
+                          servers stop accepting (serving the connections the
+                          kernel had already queued, which closing the listener
+                          would reset), requests in flight complete,
                           keep-alive connections are closed, the other tasks stop in
                           the manager's stop order, cleanup runs; exit 0.
     SIGINT, SIGQUIT       quick: ``manager.stop()`` then a forced stop: everything
                           still executing is killed at once, cleanup still runs
-                          (bounded by the manager's ``cleanup_timeout``); exit 0 (the
-                          kills are expected and logged at WARNING, not counted).
+                          (bounded by the manager's ``cleanup_timeout``); gunicorn's
+                          ``worker_int`` hook; exit 0 (the kills are expected: one
+                          WARNING line names them).
     SIGABRT               gunicorn's abort (its ``handle_abort``: ``worker_abort``
                           hook, exit 1). It stays a plain Python handler so that it
                           also interrupts a hub blocked in a C call.
@@ -179,9 +207,27 @@ class Worker(GeventWorker):  # type: ignore[misc]
         self._stopping = Event()
         self._stopping_since: float | None = None
         self._quick = False
+        self._early_cause: BaseException | None = None
+        self._cancel_early: CancelFunc | None = None
         self._watches: list[SignalWatch] = []
+        self._early_signals: list[signal.Signals] = []
 
     # -- gunicorn's hooks ----------------------------------------------------------
+
+    def init_process(self) -> None:
+        """gunicorn's (patch, hub re-init, then its base ``init_process``), stop signals kept meanwhile.
+
+        From the fork until `init_signals`, a worker still has the arbiter's signal
+        handlers, which would swallow a SIGTERM (the arbiter then waits for
+        ``graceful_timeout`` and kills the worker). Such a signal is kept and acted
+        on once the worker's own handlers are in place.
+        """
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, self._keep_early_signal)
+        super().init_process()
+
+    def _keep_early_signal(self, sig: int, frame: Any) -> None:
+        self._early_signals.append(signal.Signals(sig))
 
     def init_signals(self) -> None:
         """gunicorn's handlers, then greenlet handlers for SIGTERM, SIGINT and SIGQUIT.
@@ -192,9 +238,11 @@ class Worker(GeventWorker):  # type: ignore[misc]
         SIGWINCH keep gunicorn's handlers.
         """
         super().init_signals()
-        self._watches.append(watch_signal(signal.SIGTERM, self._on_signal, signal.SIGTERM))
-        self._watches.append(watch_signal(signal.SIGINT, self._on_signal, signal.SIGINT))
-        self._watches.append(watch_signal(signal.SIGQUIT, self._on_signal, signal.SIGQUIT))
+        for sig in _STOP_SIGNALS:
+            self._watches.append(watch_signal(sig, self._on_signal, sig))
+        for sig in self._early_signals:
+            self._on_signal(sig)
+        self._early_signals.clear()
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         """A SIGTERM that reached gunicorn's Python handler: stop gracefully (in a greenlet)."""
@@ -217,7 +265,13 @@ class Worker(GeventWorker):  # type: ignore[misc]
         self._add_gunicorn_tasks(manager)
         self.manager = manager
         manager.subscribe(self._on_event)
-        greenlet = gevent.Greenlet(self._run_manager)
+        # The parent of the run context: a stop requested before the manager runs (a
+        # signal during boot) cancels it, and the manager then stops right after its
+        # initialize phase (SPEC §3: initialize runs even if ctx is already cancelled).
+        ctx, self._cancel_early = with_cancel(background())
+        if self._early_cause is not None:
+            self._cancel_early(self._early_cause)
+        greenlet = gevent.Greenlet(self._run_manager, ctx)
         greenlet.name = f"greentask: {manager.name}"
         self._greenlet = greenlet
         greenlet.start()
@@ -313,6 +367,7 @@ class Worker(GeventWorker):  # type: ignore[misc]
                 handler_class=self.wsgi_handler,
                 environ=dict(environ),
                 request_started=self._request_started,
+                queued_limit=max(1, int(self.cfg.backlog)),
                 **ssl_args,
             )
             manager.add_task(f"gunicorn:{_where(sock)}", tasks.Server(server, stop_timeout=drain), TaskType.STRICT)
@@ -327,12 +382,12 @@ class Worker(GeventWorker):  # type: ignore[misc]
         graceful = float(self.cfg.graceful_timeout)
         return max(0.0, graceful - min(1.0, graceful / 10))
 
-    def _run_manager(self) -> None:
+    def _run_manager(self, ctx: Context) -> None:
         """The manager's greenlet: run it, keep what a task re-raised instead of letting it reach the hub."""
         manager = self.manager
         assert manager is not None
         try:
-            self._errors = manager.run()
+            self._errors = manager.run(ctx)
         except (KeyboardInterrupt, SystemExit) as exc:
             # A task raised it (gunicorn's abort lands in whatever greenlet runs): the
             # manager shut down in order and re-raised it; it is an error like any other.
@@ -392,16 +447,23 @@ class Worker(GeventWorker):  # type: ignore[misc]
                 self._quick = True
                 self._stop(SignalReceived(sig))
                 self._force()
+                self.cfg.worker_int(self)  # gunicorn's hook for SIGINT/SIGQUIT, as its handle_quit
         except Exception:
             self.log.exception("greentask: handling %s failed", sig.name)
 
     def _stop(self, cause: BaseException) -> None:
         self.alive = False
-        if self.manager is not None:
+        if self.manager is not None and self.manager.phase != "new":
             self.manager.stop(cause)
+        elif self._early_cause is None:
+            # Not running yet: the manager will start with an already cancelled context.
+            self._early_cause = cause
+            if self._cancel_early is not None:
+                self._cancel_early(cause)
 
     def _force(self) -> None:
-        if self.manager is not None:
+        # Before the manager runs there is nothing to kill: its context is cancelled already.
+        if self.manager is not None and self.manager.phase != "new":
             self.manager._force()
 
     # -- outcome -------------------------------------------------------------------
@@ -435,7 +497,7 @@ class Worker(GeventWorker):  # type: ignore[misc]
         """Log each recorded error (once); return how many count towards the exit code.
 
         After a quick shutdown (SIGINT/SIGQUIT) the `StopTimeout` of each task it
-        killed is expected: logged at WARNING without a traceback, not counted.
+        killed is expected: named in one WARNING line, not counted.
         """
         manager = self.manager
         assert manager is not None
@@ -445,12 +507,18 @@ class Worker(GeventWorker):  # type: ignore[misc]
                 if status.error is not None:
                     self.log.error("greentask: %s: task %r: %s", manager.name, status.name, _one_line(status.error))
         counted = 0
+        killed: list[str] = []
         for named in errors:
             if self._quick and isinstance(named.error, StopTimeout) and named.stage is not Stage.CLEANUP:
-                self.log.warning("greentask: %s: %s", manager.name, named)
+                killed.append(named.task_name)
                 continue
             counted += 1
             self.log.error("greentask: %s: %s", manager.name, named, exc_info=named.error)
+        if killed:
+            names = ", ".join(repr(name) for name in killed)
+            self.log.warning(
+                "greentask: %s: the quick shutdown killed %d running task(s): %s", manager.name, len(killed), names
+            )
         return counted
 
     def _route_greentask_log(self) -> None:
@@ -481,5 +549,5 @@ def _one_line(exc: BaseException | None) -> str:
     try:
         text = repr(exc)
     except Exception:  # noqa: BLE001 - the user's exception: never let its repr break the log line
-        text = f"<{type(exc).__qualname__} (repr failed)>"
+        text = f"<{type(exc).__name__} (repr failed)>"
     return " ".join(text.split())

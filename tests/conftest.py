@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import _proc
 import pytest
 from gevent.hub import get_hub
 
@@ -22,6 +23,20 @@ def clock() -> Iterator[FakeClock]:
     fake = FakeClock()
     yield fake
     fake.close()
+
+
+@pytest.fixture(autouse=True)
+def kill_procs() -> Iterator[None]:
+    """Kill every process a test started with `_proc.Proc`, and all their descendants.
+
+    Whether the test passed or failed: each Proc's session and process group, and the
+    processes that carry its environment marker (also those in sessions of their own,
+    orphaned when their parent died), get SIGKILL. A test whose finished process left
+    descendants running fails at teardown.
+    """
+    yield
+    leaked = _proc.kill_all()
+    assert not leaked, f"processes left running by finished programs (killed now): {leaked!r}"
 
 
 @pytest.fixture(autouse=True)

@@ -29,6 +29,9 @@ APP = textwrap.dedent(
 
     PATCHED_AT_IMPORT = monkey.is_module_patched("socket")
 
+    import logging
+
+    import gevent
     import gevent.event
     import greentask as gt
 
@@ -68,6 +71,17 @@ APP = textwrap.dedent(
 
 
     not_callable = "just a string"
+
+    def already_ran():
+        ran = gt.TaskManager(name="ran")
+        ran.add_execute_task("once", lambda ctx: None, gt.ExecuteTaskType.ERROR)
+        gevent.spawn_later(0, ran.stop)
+        logging.disable(logging.CRITICAL)  # its log lines are not what the test reads
+        try:
+            ran.run()
+        finally:
+            logging.disable(logging.NOTSET)
+        return ran
     """
 )
 
@@ -143,7 +157,8 @@ def test_help_documents_options_and_exit_codes() -> None:
     proc = cli("--help")
     assert proc.finish() == 0
     text = proc.output()
-    for needle in ("--no-patch", "--stop-timeout S", "--log-level L", "module:attr", "patch_all()", "exit status:"):
+    needles = ("--no-patch", "--stop-timeout S", "--dump-signal SIG", "--log-level L", "module:attr", "patch_all()")
+    for needle in (*needles, "exit status:", "already run"):
         assert needle in text, text
 
 
@@ -193,11 +208,61 @@ def test_bad_target_gives_one_line_and_exit_2(app_dir: Path, target: str, messag
         ("tmpmod:build_raises", r"calling 'tmpmod:build_raises' failed: RuntimeError\('factory trouble'\)"),
     ],
 )
-def test_target_code_that_raises_shows_traceback_and_exit_2(app_dir: Path, target: str, message: str) -> None:
+def test_target_code_that_raises_is_one_line_and_exit_2(app_dir: Path, target: str, message: str) -> None:
     proc = cli(target, cwd=app_dir)
     assert proc.finish() == 2, proc.output()
+    assert len(proc.lines) == 1, proc.output()
+    assert re.fullmatch(r"greentask: error: " + message, proc.lines[0]), proc.output()
+
+
+@pytest.mark.parametrize(
+    ("target", "raised"),
+    [
+        ("brokenmod:x", r"ValueError: module trouble"),
+        ("tmpmod:build_raises", r"RuntimeError: factory trouble"),
+    ],
+)
+def test_log_level_debug_prints_the_traceback_before_the_line(app_dir: Path, target: str, raised: str) -> None:
+    proc = cli("--log-level", "DEBUG", target, cwd=app_dir)
+    assert proc.finish() == 2, proc.output()
     assert proc.lines[0] == "Traceback (most recent call last):", proc.output()
-    assert re.fullmatch(r"greentask: error: " + message, proc.lines[-1]), proc.output()
+    assert re.fullmatch(raised, proc.lines[-2]), proc.output()
+    assert proc.lines[-1].startswith("greentask: error: "), proc.output()
+
+
+def test_a_manager_that_already_ran_is_refused_with_exit_2(app_dir: Path) -> None:
+    proc = cli("tmpmod:already_ran", cwd=app_dir)
+    assert proc.finish() == 2, proc.output()
+    assert proc.lines == [
+        "greentask: error: 'tmpmod:already_ran' is a TaskManager that has already run (phase 'done'); "
+        "a manager runs once: name a factory that builds a fresh one"
+    ], proc.output()
+
+
+def test_dump_signal_logs_the_status_and_stacks_and_keeps_running(app_dir: Path) -> None:
+    proc = cli("--dump-signal", "usr1", "tmpmod:build", cwd=app_dir)
+    proc.expect(r"^ready patched=True$")
+    proc.signal(signal.SIGUSR1)
+    proc.expect(r"INFO greentask: app: SIGUSR1: status tree:")
+    proc.expect(r"\bserve\b")  # the task, in the tree and as a greenlet's name
+    proc.expect(r"INFO greentask: app: SIGUSR1: threads and greenlets:")
+    proc.signal(signal.SIGTERM)  # still running: a stop signal stops it as usual
+    assert proc.finish() == 0, proc.output()
+    proc.expect(r"app: stopped cleanly")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("SIGNOPE", r"must be a signal name or number such as SIGUSR1, USR1 or \d+, got 'SIGNOPE'"),
+        ("KILL", r"SIGKILL cannot be caught, got 'KILL'"),
+        ("SIGTERM", r"SIGTERM already stops the manager; pick another signal such as SIGUSR1, got 'SIGTERM'"),
+    ],
+)
+def test_a_bad_dump_signal_is_a_usage_error(value: str, message: str) -> None:
+    proc = cli("--dump-signal", value, "tmpmod:build")
+    assert proc.finish() == 2
+    assert re.fullmatch(r"greentask: error: argument --dump-signal: " + message, proc.lines[-1]), proc.output()
 
 
 def test_bad_option_value_exits_2() -> None:

@@ -102,6 +102,7 @@ class ForceStop(Wrapper):
         """
         outcome = _Outcome()
         child = spawn_named(ctx, "greentask ForceStop inner execute", _run_captured, self._execute, ctx, outcome)
+        abandoned = False
         try:
             gevent.wait([child, ctx], count=1)  # type: ignore[type-var]
             if not child.dead:
@@ -110,12 +111,14 @@ class ForceStop(Wrapper):
                     child.kill(block=False)
                     killed = self._join(child, ctx, timeout)
                     if not killed:
+                        abandoned = True
                         logger.error("greentask: %s: the inner execute refuses to die; abandoned", _task_label(ctx))
                     self._raise_stop_timeout(outcome, killed, timeout)
         finally:
-            if not child.dead:  # ForceStop itself was killed: the child goes first
-                child.kill(block=False)
-                if not join_all(ctx, [child], KILL_GRACE):
+            if not child.dead:
+                child.kill(block=False)  # once more, on the way out
+                # ForceStop itself was killed (the manager's kill): the child goes first.
+                if not abandoned and not join_all(ctx, [child], KILL_GRACE):
                     logger.error("greentask: %s: the inner execute refuses to die; abandoned", _task_label(ctx))
         if outcome.error is not None:
             raise outcome.error

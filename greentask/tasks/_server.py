@@ -273,7 +273,7 @@ class _KeepAliveHandler(WSGIHandler):
             headers.append((b"Connection", b"close"))
 
 
-def _keepalive_handler(base: type[WSGIHandler], closing: _Closing) -> type[WSGIHandler]:
+def _keepalive_handler(base: type[WSGIHandler], closing: _Closing) -> type[_KeepAliveHandler]:
     """A subclass of ``base`` with `_KeepAliveHandler`'s behaviour, bound to ``closing``."""
     namespace = {
         "_greentask_closing": closing,
@@ -383,7 +383,7 @@ class Server:
         self._pool: Pool | None = None
         self._address: tuple[str, int] | None = None
         self._closing = _Closing()
-        self._handler_class: type[WSGIHandler] | None = None
+        self._handler_class: type[_KeepAliveHandler] | None = None
 
     @property
     def server(self) -> AnyServer:
@@ -458,10 +458,17 @@ class Server:
             raise RuntimeError(msg)
 
     def cleanup(self, ctx: Context) -> None:
-        """Close the listening socket, if still open, so the port can be bound again."""
+        """Close the listening socket, if still open, so the port can be bound again.
+
+        The server gets its own handler class back (`initialize` installs the
+        keep-alive aware one again).
+        """
         server = self._server
         if not server.closed:
             server.close()
+        handler_class = self._handler_class
+        if handler_class is not None and isinstance(server, WSGIServer) and server.handler_class is handler_class:
+            server.handler_class = handler_class._greentask_base
 
     def _own_stop_timeout(self) -> float | None:
         """This task's stop timeout, else one set on the server object, else None."""
@@ -487,10 +494,12 @@ class Server:
             server.__dict__["_spawn"] = _named_spawn(pool.spawn, greenlet_name(ctx, "greentask server handler"))
         if isinstance(server, WSGIServer):
             current = server.handler_class
-            if current is not self._handler_class and isinstance(current, type) and issubclass(current, WSGIHandler):
-                base = current._greentask_base if issubclass(current, _KeepAliveHandler) else current
+            if current is self._handler_class or not (isinstance(current, type) and issubclass(current, WSGIHandler)):
+                return
+            base = current._greentask_base if issubclass(current, _KeepAliveHandler) else current
+            if self._handler_class is None or self._handler_class._greentask_base is not base:
                 self._handler_class = _keepalive_handler(base, self._closing)
-                server.handler_class = self._handler_class
+            server.handler_class = self._handler_class
 
     def _drain(self, ctx: Context, now: float) -> None:
         """Wait for in-flight handlers up to the stop budget (ctx clock), then kill them."""

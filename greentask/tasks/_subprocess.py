@@ -88,7 +88,12 @@ def _check_program(args: Any, popen_kwargs: dict[str, Any]) -> None:
         path = os.path.join(os.fsdecode(cwd), name) if cwd is not None else name
         if os.path.exists(path):
             return
-        where = "" if cwd is None or os.path.isabs(name) else f" (relative to cwd {os.fsdecode(cwd)!r})"
+        if os.path.isabs(name):
+            where = ""
+        elif cwd is None:
+            where = f" (relative to the current directory {os.getcwd()!r})"
+        else:
+            where = f" (relative to cwd {os.fsdecode(cwd)!r})"
         msg = f"program {name!r} not found{where}"
     else:
         env = popen_kwargs.get("env")
@@ -101,12 +106,12 @@ def _check_program(args: Any, popen_kwargs: dict[str, Any]) -> None:
     raise error
 
 
-def _read_all(pipe: Any) -> Any:
+def _read_all(pipe: Any, label: str) -> Any:
     """Body of a reader greenlet: everything until EOF (never raises into the hub)."""
     try:
         return pipe.read()
     except Exception as exc:  # noqa: BLE001 - a closed or broken pipe ends the capture
-        logger.debug("greentask: reading a subprocess pipe failed: %r", exc)
+        logger.debug("greentask: %s: reading a subprocess pipe failed: %r", label, exc)
         return None
 
 
@@ -259,7 +264,7 @@ class Subprocess:
         process: Any = gevent.subprocess.Popen(self._args, **self._popen_kwargs)
         self._process = process
         readers = {
-            name: spawn_named(ctx, f"greentask Subprocess {name} reader", _read_all, pipe)
+            name: spawn_named(ctx, f"greentask Subprocess {name} reader", _read_all, pipe, _task_label(ctx))
             for name in ("stdout", "stderr")
             if (pipe := getattr(process, name)) is not None
         }

@@ -4,6 +4,8 @@ Each example runs as a subprocess (``sys.executable``, cwd the repository,
 ``PYTHONUNBUFFERED=1``, stderr merged into stdout). The tests wait for the lines that
 prove a state ("ready", a drop, a restart) with a deadline, never by sleeping, then
 send SIGINT or SIGTERM and check the exit code and the lines that prove the behaviour.
+Whatever happens, each example and every process it started (also those in sessions
+of their own) are killed after the test (`_proc.kill_all`, from tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import socket
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,21 +26,9 @@ REPO = Path(__file__).resolve().parent.parent.parent
 EXAMPLES = REPO / "examples"
 
 
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    """Example processes started by a test; any still running at the end is killed."""
-    started: list[Proc] = []
-    yield started
-    for proc in started:
-        if proc.popen.poll() is None:
-            proc.popen.kill()
-            proc.popen.wait()
-
-
-def start(procs: list[Proc], name: str, *args: str) -> Proc:
-    proc = Proc([sys.executable, str(EXAMPLES / name), *args], REPO)
-    procs.append(proc)
-    return proc
+def start(name: str, *args: str) -> Proc:
+    """Start an example; it and everything it starts are killed after the test (conftest)."""
+    return Proc([sys.executable, str(EXAMPLES / name), *args], REPO)
 
 
 # -- pubsub -------------------------------------------------------------------------
@@ -63,8 +52,8 @@ def check_pubsub_accounting(proc: Proc) -> None:
     assert not proc.all(r"rejected"), proc.output()
 
 
-def test_pubsub_sigint_drains_every_queued_message(procs: list[Proc]) -> None:
-    proc = start(procs, "pubsub.py")
+def test_pubsub_sigint_drains_every_queued_message() -> None:
+    proc = start("pubsub.py")
     proc.expect(r"^\[pubsub\] ready: 4 tasks running")
     proc.expect(r"^\[broker\] dropped #\d+ for sub-b \(queue full\)$")  # sub-b's queue is full now
     proc.popen.send_signal(signal.SIGINT)
@@ -77,8 +66,8 @@ def test_pubsub_sigint_drains_every_queued_message(procs: list[Proc]) -> None:
     proc.expect(r"pubsub: stopped cleanly")
 
 
-def test_pubsub_duration_stops_by_itself(procs: list[Proc]) -> None:
-    proc = start(procs, "pubsub.py", "--duration", "1.5", "--interval", "0.05")
+def test_pubsub_duration_stops_by_itself() -> None:
+    proc = start("pubsub.py", "--duration", "1.5", "--interval", "0.05")
     assert proc.finish() == 0, proc.output()  # no signal sent
     proc.expect(r"^\[pubsub\] ready: 5 tasks running")
     proc.expect(r"^\[pubsub\] 1\.5s are up: stopping$")
@@ -90,8 +79,8 @@ def test_pubsub_duration_stops_by_itself(procs: list[Proc]) -> None:
 # -- force_shutdown -------------------------------------------------------------------
 
 
-def test_force_shutdown_kills_the_stubborn_task_after_5s(procs: list[Proc]) -> None:
-    proc = start(procs, "force_shutdown.py")
+def test_force_shutdown_kills_the_stubborn_task_after_5s() -> None:
+    proc = start("force_shutdown.py")
     proc.expect(r"^\[main\] ready:")
     proc.popen.send_signal(signal.SIGTERM)
     assert proc.finish(timeout=40) == 1, proc.output()  # a forced stop is an error
@@ -117,8 +106,8 @@ def http(method: str, url: str, body: bytes | None = None) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
-def test_http_service_serves_works_and_shuts_down(procs: list[Proc]) -> None:
-    proc = start(procs, "http_service.py", "--port", "0", "--health-port", "0", "--stats-interval", "0.2")
+def test_http_service_serves_works_and_shuts_down() -> None:
+    proc = start("http_service.py", "--port", "0", "--health-port", "0", "--stats-interval", "0.2")
     ready = proc.expect(r"^\[http_service\] ready: app=http://127\.0\.0\.1:(\d+) health=http://127\.0\.0\.1:(\d+)$")
     app_port, health_port = int(ready[1]), int(ready[2])
     app, health = f"http://127.0.0.1:{app_port}", f"http://127.0.0.1:{health_port}"
@@ -162,10 +151,11 @@ def pid_exists(pid: int) -> bool:
     return True
 
 
-def test_supervisor_restarts_the_crashing_child_and_stops_all(procs: list[Proc]) -> None:
-    proc = start(procs, "supervisor.py", "--crash-after", "0.5")
+def test_supervisor_restarts_the_crashing_child_and_stops_all() -> None:
+    proc = start("supervisor.py", "--crash-after", "0.5")
     proc.expect(r"^\[supervisor\] ready:")
     steady_pid = int(proc.expect(r"^\[steady\] pid (\d+) started$")[1])
+    assert steady_pid in proc.descendants()
     first = int(proc.expect(r"^\[crashy\] pid (\d+) started$")[1])
     proc.expect(rf"^\[crashy\] pid {first} crashing with exit code 3$")
     proc.expect(r"^\[supervisor\] restarting 'crashy' \(restart #1\)$")
@@ -185,3 +175,24 @@ def test_supervisor_restarts_the_crashing_child_and_stops_all(procs: list[Proc])
     proc.expect(r"^\[supervisor\] all children stopped; exiting with code 0$")
     for pid in [steady_pid, *crashy_pids]:
         assert not pid_exists(pid), f"child {pid} outlived the supervisor"
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finding descendants needs /proc")
+def test_proc_kill_reaches_the_orphaned_children_of_a_killed_supervisor() -> None:
+    """The harness: `Proc.kill` finds and kills the children in their own sessions.
+
+    SIGKILL reaches the supervisor alone: its children, each leading a session of its
+    own, live on as orphans; they carry the Proc's marker, so its kill ends them too.
+    """
+    proc = start("supervisor.py", "--crash-after", "0")  # 0: crashy never crashes
+    children = {int(proc.expect(rf"^\[{name}\] pid (\d+) started$")[1]) for name in ("steady", "crashy")}
+    assert children <= proc.descendants()
+    for pid in children:
+        assert os.getsid(pid) == pid  # out of the supervisor's process group
+    proc.popen.kill()
+    proc.popen.wait()
+    assert children <= proc.descendants()  # orphaned, still running
+    proc.kill()
+    assert not proc.descendants()
+    for pid in children:
+        assert not pid_exists(pid)  # killed, and reaped: not even a zombie

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import signal
 from typing import Any
 
 import gevent
 import pytest
+from _children import STUBBORN, Pipe, assert_reaped, python
+from _taskctx import task_context
 from gevent import getcurrent
 from gevent.event import Event
 from greenlet import GreenletExit
 
 import greentask as gt
-from greentask.tasks import ForceStop
+from greentask.tasks import ForceStop, Subprocess
 from greentask.testing import CallLog, FakeClock, FakeExecuteTask, FakeTask, settle
 
 
@@ -222,6 +226,7 @@ def test_initialize_and_cleanup_pass_through() -> None:
         ("5", FakeExecuteTask(), TypeError, "timeout must be a number"),
         (1.0, None, TypeError, "task cannot be None"),
         (1.0, "not a task", TypeError, "task must be callable"),
+        (1.0, FakeTask, TypeError, "ForceStop's task is the class FakeTask, not an instance"),
     ],
 )
 def test_bad_arguments_are_rejected(timeout: object, task: object, error: type, match: str) -> None:
@@ -253,3 +258,146 @@ def test_inside_a_task_manager_a_stuck_task_is_killed_and_reported() -> None:
     assert inner.greenlet.dead
     assert [s.value for s in log.stages("stuck")] == ["initialize", "execute", "cleanup"]
     assert [s.value for s in log.stages("polite")] == ["initialize", "execute", "cleanup"]
+
+
+# -- the stop budget (SPEC §15) ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("timeout", "manager", "killed_at"),
+    [
+        (10.0, 10.0, 9.0),  # equal: its kill comes a margin before the manager's
+        (60.0, 10.0, 9.0),  # larger: the manager's budget wins
+        (2.0, 10.0, 2.0),  # smaller: its own applies
+        (10.0, None, 10.0),  # no manager deadline
+        (10.0, 5.0, 4.5),  # the margin: a tenth of the budget
+    ],
+)
+def test_the_inner_execute_is_killed_within_the_stop_budget(
+    timeout: float, manager: float | None, killed_at: float
+) -> None:
+    clock = FakeClock()
+    ctx, stop = task_context(clock, "legacy")
+    inner = _Ignoring()
+    force = _run(ForceStop(timeout, inner), ctx)
+    with gevent.Timeout(5):
+        inner.started.wait()
+    stop(manager)
+    settle()
+    clock.advance(round(killed_at - 0.01, 2))
+    assert not inner.greenlet.dead
+    clock.advance(0.01)
+    kind, raised = _outcome(force)
+    assert kind == "raised"
+    assert str(raised) == f"execute did not stop within {killed_at}s of cancellation; killed"
+    assert inner.greenlet.dead
+
+
+def test_in_a_manager_its_own_stop_timeout_reports_before_the_managers_kill() -> None:
+    clock = FakeClock()
+    inner = _Ignoring()
+    manager = gt.TaskManager(stop_timeout=10)
+    manager.add_task("legacy", ForceStop(10, inner))
+    runner = gevent.spawn(manager.run, gt.background(clock))
+    with gevent.Timeout(5):
+        inner.started.wait()
+    manager.stop()
+    settle()
+    clock.advance(9.0)
+    with gevent.Timeout(5):
+        [error] = runner.get()
+    assert str(error.error) == "execute did not stop within 9.0s of cancellation; killed"  # ForceStop's own
+
+
+# -- nothing outlives the task (SPEC §15) ------------------------------------------------
+
+
+def test_a_killed_force_stop_ends_only_after_its_inner_greenlet() -> None:
+    ctx, _stop = task_context(FakeClock(), "legacy")
+    inner = _Ignoring()
+    force = gevent.spawn(ForceStop(10.0, inner).execute, ctx)
+    with gevent.Timeout(5):
+        inner.started.wait()
+        force.kill()  # as the manager does once its stop_timeout ran out
+    assert force.dead
+    assert inner.greenlet.dead  # already: not merely scheduled to die
+
+
+def test_a_subprocess_inside_a_killed_force_stop_is_reaped_before_it_ends() -> None:
+    with Pipe() as pipe:
+        child = Subprocess(python(STUBBORN), stop_timeout=60, stdout=pipe.fd)
+        inner_greenlets: list[Any] = []
+
+        def execute(ctx: gt.Context) -> None:
+            inner_greenlets.append(getcurrent())
+            child.execute(ctx)
+
+        ctx, _stop = task_context(FakeClock(), "worker")
+        force = gevent.spawn(ForceStop(60.0, execute).execute, ctx)
+        with gevent.Timeout(10):
+            _, pid = pipe.readline().split()
+            force.kill()
+    assert inner_greenlets[0].dead
+    assert child.returncode == -signal.SIGKILL
+    assert_reaped(int(pid))
+
+
+def test_in_a_manager_a_force_stop_around_a_stubborn_subprocess_leaves_no_child() -> None:
+    clock = FakeClock()
+    with Pipe() as pipe:
+        child = Subprocess(python(STUBBORN), stop_timeout=60, stdout=pipe.fd)
+        inner_greenlets: list[Any] = []
+
+        def execute(ctx: gt.Context) -> None:
+            inner_greenlets.append(getcurrent())
+            child.execute(ctx)
+
+        manager = gt.TaskManager(stop_timeout=1)
+        manager.add_task("worker", ForceStop(60.0, execute))
+        runner = gevent.spawn(manager.run, gt.background(clock))
+        with gevent.Timeout(10):
+            _, pid = pipe.readline().split()
+            manager.stop()
+            assert pipe.readline() == "got SIGTERM"
+            clock.advance(1.0)
+            [error] = runner.get()
+    assert isinstance(error.error, gt.StopTimeout)
+    assert inner_greenlets[0].dead
+    assert child.returncode == -signal.SIGKILL
+    assert_reaped(int(pid))
+
+
+# -- names and mistakes (SPEC §15) -------------------------------------------------------
+
+
+def test_the_inner_greenlet_carries_the_task_name() -> None:
+    names: list[str] = []
+    ctx, _stop = task_context(FakeClock(), "legacy")
+    assert _outcome(_run(ForceStop(1.0, lambda ctx: names.append(getcurrent().name)), ctx))[0] == "ok"
+    assert _outcome(_run(ForceStop(1.0, lambda ctx: names.append(getcurrent().name)), gt.background()))[0] == "ok"
+    assert names == ["legacy", "greentask ForceStop inner execute"]
+
+
+def test_an_inner_execute_refusing_to_die_is_logged_naming_manager_and_task(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    ctx, stop = task_context(clock, "legacy")
+    caught = Event()
+
+    def stubborn(ctx: gt.Context) -> None:
+        try:
+            Event().wait()
+        except GreenletExit:
+            caught.set()
+            Event().wait()
+
+    force = _run(ForceStop(2.0, stubborn), ctx)
+    settle()
+    stop(None)
+    settle()
+    clock.advance(2.0)
+    with gevent.Timeout(5):
+        caught.wait()
+    with caplog.at_level(logging.ERROR, logger="greentask"):
+        clock.advance(2.0)
+        _outcome(force)
+    assert "greentask: web: task 'legacy': the inner execute refuses to die; abandoned" in caplog.messages

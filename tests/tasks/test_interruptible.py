@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from collections.abc import Callable
@@ -9,10 +10,11 @@ from typing import Any
 
 import gevent
 import pytest
+from _taskctx import task_context
 
 import greentask as gt
 from greentask.tasks import Interruptible
-from greentask.testing import CallLog, FakeExecuteTask, FakeTask
+from greentask.testing import CallLog, FakeClock, FakeExecuteTask, FakeTask
 
 INIT, EXEC, CLEAN = "initialize", "execute", "cleanup"
 
@@ -313,6 +315,20 @@ def test_handlers_are_restored_after_an_error_too() -> None:
         cancel()
     finally:
         signal.signal(signal.SIGUSR1, previous)
+
+
+def test_a_restart_is_logged_naming_the_manager_and_the_task(caplog: pytest.LogCaptureFixture) -> None:
+    ctx, stop = task_context(FakeClock(), "config")
+    inner = FakeTask("config", execute=_waits)
+    task = Interruptible([signal.SIGHUP], inner)
+    with caplog.at_level(logging.INFO, logger="greentask"):
+        runner = _run(task, ctx)
+        _until(lambda: inner.execute_call_count == 1)
+        assert task.interrupt()
+        _until(lambda: inner.execute_call_count == 2)
+        stop(None)
+        assert _outcome(runner) == ("ok", None)
+    assert caplog.messages == ["greentask: web: task 'config': got an interrupt() call; restarting the task"]
 
 
 def test_interrupt_outside_execute_does_nothing() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import gevent
 import pytest
+from _taskctx import task_context
 
 import greentask as gt
 from greentask.tasks import RepeatTimer
@@ -198,6 +199,18 @@ def test_initialize_and_cleanup_pass_through() -> None:
 def test_bad_intervals_are_rejected(interval: object, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
         RepeatTimer(interval, FakeExecuteTask())  # type: ignore[arg-type]
+
+
+def test_log_lines_name_the_manager_and_the_task(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    ctx, stop = task_context(clock, "metrics")
+    timer = _run(RepeatTimer(5.0, FakeExecuteTask(execute=OSError("disk full"))), ctx)
+    with caplog.at_level(logging.ERROR, logger="greentask"):
+        settle()
+    stop(None)
+    with gevent.Timeout(5):
+        timer.join()
+    assert caplog.messages == ["greentask: web: task 'metrics': a run failed: OSError('disk full')"]
 
 
 def test_a_missing_task_is_rejected() -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import gevent
 import pytest
+from _taskctx import task_context
 from gevent.event import Event
 from greenlet import GreenletExit
 
@@ -95,6 +96,22 @@ def test_errors_are_swallowed_and_logged_with_traceback(caplog: pytest.LogCaptur
     assert [str(r.exc_info[1]) for r in records if r.exc_info] == ["failure 1", "failure 2"]
     assert all(r.levelno == logging.ERROR and r.exc_info[2] is not None for r in records if r.exc_info)
     assert len(records) == 2
+
+
+def test_log_lines_name_the_manager_and_the_task(caplog: pytest.LogCaptureFixture) -> None:
+    ctx, stop = task_context(FakeClock(), "poller")
+    runs = 0
+
+    def flaky(ctx: gt.Context) -> None:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            raise ConnectionError("refused")
+        stop(None)
+
+    with caplog.at_level(logging.ERROR, logger="greentask"):
+        _join(_run(Repeatable(flaky), ctx))
+    assert caplog.messages == ["greentask: web: task 'poller': a run failed: ConnectionError('refused')"]
 
 
 def test_clean_returns_run_again_until_cancelled() -> None:
@@ -297,7 +314,7 @@ def test_an_execute_only_task_or_function_has_no_op_initialize_and_cleanup() -> 
     [
         (None, {}, "task cannot be None"),
         (object(), {}, "task must be callable"),
-        (FakeTask, {}, "task must be a task instance"),
+        (FakeTask, {}, "Repeatable's task is the class FakeTask, not an instance"),
         (FakeExecuteTask(), {"backoff": 1.0}, "backoff must be a Backoff"),
     ],
 )

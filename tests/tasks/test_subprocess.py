@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import os
+import errno
+import gc
+import re
 import signal
 import subprocess
 import sys
@@ -12,32 +14,14 @@ from pathlib import Path
 
 import gevent
 import pytest
-from gevent.fileobject import FileObjectPosix
+from _children import STOPPABLE, STUBBORN, Pipe, assert_reaped, python
+from _taskctx import task_context
 
 import greentask as gt
 from greentask.tasks import Subprocess
 from greentask.testing import FakeClock, FakeTask, eventually
 
 # -- helpers ------------------------------------------------------------------
-
-
-def python(code: str) -> list[str]:
-    return [sys.executable, "-c", textwrap.dedent(code)]
-
-
-class Pipe:
-    """An OS pipe: the child writes to `fd`, the test reads lines cooperatively."""
-
-    def __init__(self) -> None:
-        read_fd, self.fd = os.pipe()
-        self._reader = FileObjectPosix(read_fd, "rb")
-
-    def readline(self) -> str:
-        return self._reader.readline().decode().strip()
-
-    def close(self) -> None:
-        os.close(self.fd)
-        self._reader.close()
 
 
 @pytest.fixture
@@ -54,38 +38,6 @@ def raised_by(fn: Callable[[gt.Context], object], ctx: gt.Context) -> Exception 
     except Exception as exc:
         return exc
     return None
-
-
-def assert_reaped(pid: int) -> None:
-    """No zombie: the child was waited for, and its /proc entry is gone."""
-    with pytest.raises(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-    assert not Path(f"/proc/{pid}").exists()
-
-
-# A child that reports "ready <pid>" on fd 1 once its handler for `sig` is installed;
-# on that signal it writes the signal's name to `marker` and exits 0.
-STOPPABLE = """
-    import os, signal, sys, time
-    marker, sig = sys.argv[1], signal.Signals[sys.argv[2]]
-    def on_signal(signum, frame):
-        with open(marker, "w") as f:
-            f.write(signal.Signals(signum).name)
-        sys.exit(0)
-    signal.signal(sig, on_signal)
-    print("ready", os.getpid(), flush=True)
-    while True:
-        time.sleep(60)
-"""
-
-# A child that reports each SIGTERM on fd 1 but keeps running.
-STUBBORN = """
-    import os, signal, sys, time
-    signal.signal(signal.SIGTERM, lambda *a: print("got SIGTERM", flush=True))
-    print("ready", os.getpid(), flush=True)
-    while True:
-        time.sleep(60)
-"""
 
 
 # -- exit codes -------------------------------------------------------------------
@@ -119,11 +71,44 @@ def test_death_by_signal_fails_naming_the_signal() -> None:
     assert "SIGKILL" in str(info.value)
 
 
-def test_command_not_found_fails_and_leaves_no_state(tmp_path: Path) -> None:
-    task = Subprocess([str(tmp_path / "no-such-command")])
-    with pytest.raises(FileNotFoundError):
+def test_a_program_that_cannot_be_found_fails_at_construction_naming_it(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-command"
+    with pytest.raises(FileNotFoundError, match=f"^{re.escape(f'program {str(missing)!r} not found')}$") as info:
+        Subprocess([str(missing)])
+    assert info.value.errno == errno.ENOENT
+    with pytest.raises(FileNotFoundError, match=r"^program 'no-such-command-greentask' not found on PATH"):
+        Subprocess(["no-such-command-greentask", "--flag"])
+    with pytest.raises(FileNotFoundError, match="no-such-command' not found"):
+        Subprocess(missing)  # a path alone
+    with pytest.raises(FileNotFoundError, match=re.escape(f"program {str(missing)!r} not found")):
+        Subprocess(["anything"], executable=str(missing))  # executable= is what runs
+
+
+def test_the_program_is_looked_up_where_the_child_will_look(tmp_path: Path) -> None:
+    tool = tmp_path / "bin" / "greentask-tool"
+    tool.parent.mkdir()
+    tool.write_text("#!/bin/sh\nexit 0\n")
+    tool.chmod(0o755)
+    with pytest.raises(FileNotFoundError, match="not found on PATH"):
+        Subprocess(["greentask-tool"])  # not on this process's PATH
+    task = Subprocess(["greentask-tool"], env={"PATH": str(tool.parent)})  # on the child's
+    with gevent.Timeout(10):
         task.execute(gt.background())
-    assert task.pid is None
+    assert task.returncode == 0
+    with pytest.raises(FileNotFoundError, match="relative to the current directory"):
+        Subprocess(["./greentask-tool"])
+    with pytest.raises(FileNotFoundError, match=re.escape(f"relative to cwd {str(tmp_path)!r}")):
+        Subprocess(["./greentask-tool"], cwd=tmp_path)
+    assert Subprocess(["./greentask-tool"], cwd=tool.parent).args == ["./greentask-tool"]
+    assert Subprocess("no-such-command-greentask || true", shell=True).args  # the shell's business
+
+
+@pytest.mark.parametrize("command", ["ls -l", b"ls -l", "true"])
+def test_a_string_command_without_shell_is_refused(command: str | bytes) -> None:
+    with pytest.raises(TypeError, match="a string command needs shell=True") as info:
+        Subprocess(command)
+    assert repr(command) in str(info.value)
+    assert Subprocess(command, shell=True).args == command
 
 
 def test_a_cancelled_context_starts_no_process(tmp_path: Path) -> None:
@@ -223,6 +208,92 @@ def test_stop_signal_reaches_the_whole_process_group_with_start_new_session(pipe
         runner.get()
     assert marker.read_text() == "SIGTERM"
     assert task.returncode == 0
+
+
+# -- the stop budget (SPEC §15) ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("own", "manager", "killed_at"),
+    [
+        (10.0, 10.0, 9.0),  # equal: SIGKILL a margin before the manager's kill
+        (30.0, 10.0, 9.0),  # larger: the manager's budget wins
+        (10.0, 30.0, 10.0),  # smaller: its own applies
+        (10.0, None, 10.0),  # no manager deadline
+        (10.0, 5.0, 4.5),  # the margin: a tenth of the budget
+    ],
+)
+def test_a_child_ignoring_the_stop_signal_is_killed_within_the_stop_budget(
+    pipe: Pipe, own: float, manager: float | None, killed_at: float
+) -> None:
+    clock = FakeClock()
+    ctx, stop = task_context(clock, "worker")
+    task = Subprocess(python(STUBBORN), stop_timeout=own, stdout=pipe.fd)
+    with gevent.Timeout(10):
+        runner = gevent.spawn(raised_by, task.execute, ctx)
+        _, pid = pipe.readline().split()
+        stop(manager)
+        assert pipe.readline() == "got SIGTERM"
+        clock.advance(round(killed_at - 0.01, 2))
+        assert not runner.dead
+        assert task.returncode is None
+        clock.advance(0.01)
+        error = runner.get()
+    assert isinstance(error, gt.StopTimeout)
+    assert f"did not exit within {killed_at}s of SIGTERM; killed with SIGKILL" in str(error)
+    assert task.returncode == -signal.SIGKILL
+    assert_reaped(int(pid))
+
+
+def test_in_a_manager_the_default_stop_timeout_leaves_the_manager_a_margin(pipe: Pipe) -> None:
+    clock = FakeClock()
+    manager = gt.TaskManager(stop_timeout=10)
+    task = Subprocess(python(STUBBORN), stdout=pipe.fd)  # stop_timeout=10.0, like the manager's
+    manager.add_task("worker", task)
+    with gevent.Timeout(10):
+        run = gevent.spawn(manager.run, gt.background(clock))
+        _, pid = pipe.readline().split()
+        manager.stop()
+        assert pipe.readline() == "got SIGTERM"
+        clock.advance(9.0)
+        [error] = run.get()
+    assert (error.task_name, error.stage) == ("worker", gt.Stage.EXECUTE)
+    assert "did not exit within 9.0s of SIGTERM; killed with SIGKILL" in str(error.error)  # its own, not the manager's
+    assert_reaped(int(pid))
+
+
+# -- nothing outlives the task (SPEC §15) ------------------------------------------------
+
+
+def test_a_kill_during_the_reap_does_not_leave_a_zombie(pipe: Pipe) -> None:
+    task = Subprocess(python(STUBBORN), stdout=pipe.fd)
+    with gevent.Timeout(10):
+        runner = gevent.spawn(task.execute, gt.background())
+        _, pid = pipe.readline().split()
+        runner.kill(block=False)  # the first kill: SIGKILL, then it waits to reap
+        gevent.idle()
+        runner.kill(block=False)  # a second one, while it reaps
+        runner.join()
+    assert isinstance(runner.exception, gevent.GreenletExit) or runner.successful()
+    assert task.returncode == -signal.SIGKILL
+    assert_reaped(int(pid))
+
+
+def test_reader_greenlets_carry_the_task_name_and_end_with_it() -> None:
+    ctx, _stop = task_context(FakeClock(), "worker")
+    task = Subprocess(python(STUBBORN), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with gevent.Timeout(10):
+        runner = gevent.spawn(task.execute, ctx)
+        eventually(lambda: task.process is not None)
+        process = task.process
+        readers = [
+            g
+            for g in gc.get_objects()
+            if isinstance(g, gevent.Greenlet) and g.args and g.args[0] in (process.stdout, process.stderr)
+        ]
+        assert [g.name for g in readers] == ["worker", "worker"]
+        runner.kill()
+    assert all(g.dead for g in readers)
 
 
 # -- output -------------------------------------------------------------------------
