@@ -36,8 +36,11 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
+# The task-level benchmarks, then the service benchmark (needs Debian's `hey`:
+# apt-get install -y hey; it says so and stops when it is missing).
 bench: $(STAMP)
 	$(PY) benchmarks/run.py $(if $(FULL),--full,)
+	$(PY) benchmarks/service.py $(if $(FULL),--duration 10 --repeats 3 --drain-repeats 10,--duration 5 --drain-repeats 3) --output benchmarks/RESULTS_service.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage
