@@ -53,9 +53,9 @@ class _Record:
         "intensity",
         "killed",
         "kind",
-        "label",
         "name",
         "never",
+        "owner",
         "restart",
         "restart_pending",
         "restarts",
@@ -79,7 +79,7 @@ class _Record:
         execute: Callable[[Context], object],
         kind: str,
         task_type: TaskType | ExecuteTaskType,
-        label: str,
+        owner: str,
         stop_timeout: float | None = None,
         restart: Restart | None = None,
     ) -> None:
@@ -88,7 +88,7 @@ class _Record:
         self.execute = execute
         self.kind = kind
         self.task_type = task_type
-        self.label = label  # "web: task 'db'", for log lines of the provided tasks
+        self.owner = owner  # the manager's name
         self.stop_timeout = stop_timeout
         self.restart = restart
         self.intensity: _Intensity | None = None
@@ -113,6 +113,11 @@ class _Record:
         self.done_event: Event | None = None
         self.running_event: Event | None = None
         self.seq = 0  # key in TaskManager._records
+
+    @property
+    def label(self) -> str:
+        """``"web: task 'db'"``: the manager and the task, for log lines of the provided tasks."""
+        return f"{self.owner}: task {self.name!r}"
 
     def snapshot(self) -> TaskStatus:
         return TaskStatus(

@@ -56,13 +56,18 @@ class _Shutdown(_Stages, _ManagerCore):
         # are hub callbacks that run after this hook.
         now = self._now()
         together = self._stop_order is StopOrder.TOGETHER
-        for record in self._running:
+        default = self._stop_timeout
+        running, stopping = TaskState.RUNNING, TaskState.STOPPING
+        for record in self._running:  # _mark_stopping inlined: 100,000 tasks come through here
             if record.stop_requested:
                 continue
             if together or record.kind == "execute":
                 # Execute tasks' contexts are cancelled with the run context (shared or
                 # child state); under REVERSE the tasks' wait for their turn.
-                self._mark_stopping(record, now)
+                if record.state is running:
+                    record.state = stopping
+                timeout = default if record.stop_timeout is None else record.stop_timeout
+                record.stop_deadline = None if timeout is None else now + timeout
         # Runtime tasks still queued for initialize are never initialized (SPEC §9).
         queue = self._init_queue
         while queue:

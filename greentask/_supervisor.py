@@ -139,7 +139,8 @@ class _Supervisor(_Shutdown):
             # and 2,500).
             record.ctx = None
             self._forget_finished_execute(record)
-        record.changed()
+        if record.done_event is not None or record.running_event is not None:
+            record.changed()
 
     def _returned_early(self, record: _Record) -> None:
         """A clean return before cancellation: the policy table's right-hand column."""

@@ -687,9 +687,13 @@ class _TaskContext(Context):
 
     __slots__ = ("_keys", "_own")
 
-    def __init__(self, parent: Context, info: object) -> None:
-        super().__init__(parent, parent._state, parent._clock, _TASK_KEY, info)
-        self._own = parent._state is None
+    def __init__(self, parent: Context, info: object) -> None:  # no super() call: a hot path
+        state = self._state = parent._state
+        self._parent = parent
+        self._clock = parent._clock
+        self._key = _TASK_KEY
+        self._value = info
+        self._own = state is None
         self._keys: Any = None  # registrations made through it while shared: one key or a set
 
     def _add(self, state: _State, key: Hashable, callback: Callable[[], Any]) -> None:

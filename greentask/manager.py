@@ -50,7 +50,7 @@ from ._base import (
     _get_ident,
     _Phase,
 )
-from ._checks import check_stage, check_task_object
+from ._checks import _is_async, check_stage, check_task_object
 from ._nested import _Nested
 from ._policy import describe
 from ._record import _Record
@@ -365,14 +365,15 @@ class TaskManager(_Nested):
             ManagerStateError: cancellation has begun, or the manager has shut down.
         """
         name = _check_name(name)
-        label = f"task {name!r}"
-        check_task_object(label, task)
+        if task is None or isinstance(task, type) or _is_async(task):
+            check_task_object(f"task {name!r}", task)  # raises, naming the task
         execute = getattr(task, "execute", None)
         if callable(execute):
-            check_stage(label, task, "execute")
+            if _is_async(execute):
+                check_stage(f"task {name!r}", task, "execute")
         else:
             if not callable(task):
-                msg = f"{label} must be callable or have a callable execute(ctx)"
+                msg = f"task {name!r} must be callable or have a callable execute(ctx)"
                 raise TypeError(msg)
             execute = task
         if type(task_type) is not ExecuteTaskType:
@@ -462,7 +463,7 @@ class TaskManager(_Nested):
         stop_timeout: float | None,
         restart: Restart | None,
     ) -> _Record:
-        record = _Record(name, task, execute, kind, task_type, f"{self._name}: task {name!r}", stop_timeout, restart)
+        record = _Record(name, task, execute, kind, task_type, self._name, stop_timeout, restart)
         if kind == "task":
             self._task_ids.add(id(task))
             if isinstance(task, TaskManager):
