@@ -22,7 +22,7 @@ The tree (each manager initializes its tasks in add order, cleans up in reverse)
 The enricher is added with ``restart=gt.Restart(max_restarts=5, within=30,
 backoff=tasks.Backoff(initial=0.05, maximum=0.5, jitter=0))``. Each failure is
 logged by the pipeline manager with its traceback and the restart count (``ERROR
-greentask: pipeline: task 'enricher' failed in execute: ConnectionError(...); restart
+greentask: tree: task 'pipeline/enricher' failed in execute: ConnectionError(...); restart
 2 of at most 5 within 30.0s in 0.1s``) and reaches the root's subscribers as a
 ``restarting`` event for ``pipeline/enricher``. Then the enricher is cleaned up, waits
 for the backoff (0.05 s, 0.1 s, 0.2 s, 0.4 s, 0.5 s) and is initialized and executed

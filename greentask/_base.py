@@ -111,6 +111,7 @@ class _ManagerCore:
     _init_queue: deque[_Record]
     _initializer: Any
     _nested_in: Any  # the parent manager's record of this manager, when nested
+    _parent_manager: Any  # the parent manager, when nested
     _forward: Callable[[str, str, BaseException | None], None] | None
     _error_counter: dict[tuple[str, str], int]
     _timeout_counter: dict[str, int]
@@ -218,6 +219,15 @@ class _ManagerCore:
         # The run context is not cancelled yet, so no reason has been set: this is the first.
         self._stop_reason = reason
         self._cancel(cause)
+
+    def _where(self, name: str) -> tuple[str, str]:
+        """``(root manager's name, path name)`` of a task, for log lines in a tree."""
+        manager: Any = self
+        path = name
+        while manager._nested_in is not None and manager._parent_manager is not None:
+            path = f"{manager._nested_in.name}/{path}"
+            manager = manager._parent_manager
+        return manager._name, path
 
     def _describe_reason(self) -> str:
         reason = self._stop_reason

@@ -62,6 +62,7 @@ class _Nested(_Supervisor):
     def _adopt(self, child: TaskManager, record: _Record) -> None:
         """Make ``child`` a nested manager: its events reach this one with path names."""
         child._nested_in = record
+        child._parent_manager = self
         prefix = record.name
 
         def forward(kind: str, task_name: str, error: BaseException | None) -> None:

@@ -297,7 +297,7 @@ class _Shutdown(_Stages, _ManagerCore):
         # One StopTimeout per task: this one replaces the "killed" one, never added to it.
         message = f"task {record.name!r} did not stop {when} nor die within {grace}s of GreenletExit; abandoned"
         self._fail(record, StopTimeout(message), Stage.EXECUTE)
-        logger.error("%s: abandoned task %r: its greenlet refuses to die", self._name, record.name)
+        logger.error("%s: abandoned task %r: its greenlet refuses to die", *self._where(record.name))
         record.changed()
 
     def _left(self, record: _Record) -> None:

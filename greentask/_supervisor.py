@@ -224,9 +224,10 @@ class _Supervisor(_Shutdown):
             who, where = record.name, stage
             if isinstance(failure, _SubtreeFailed) and failure.errors:  # name the nested task that failed
                 who, where = f"{record.name}/{failure.errors[0].task_name}", failure.errors[0].stage
+            root, who = self._where(who)
             logger.error(
                 "%s: task %r failed in %s: %s; restart %d of at most %d within %ss in %ss",
-                self._name,
+                root,
                 who,
                 where.value,
                 safe_repr(shown),
@@ -241,8 +242,7 @@ class _Supervisor(_Shutdown):
             record.state = TaskState.STOPPED
             logger.info(
                 "%s: task %r returned; restart %d of at most %d within %ss in %ss",
-                self._name,
-                record.name,
+                *self._where(record.name),
                 count,
                 restart.max_restarts,
                 restart.within,

@@ -197,6 +197,7 @@ class TaskManager(_Nested):
         self._seq = 0
         self._task_ids: set[int] = set()
         self._nested_in = None
+        self._parent_manager = None
         self._forward = None
         self._error_counter: dict[tuple[str, str], int] = {}
         self._timeout_counter: dict[str, int] = {}

@@ -136,7 +136,7 @@ def test_ordered_shutdown_stops_http_then_worker_then_db() -> None:
 # -- supervision_tree -----------------------------------------------------------------
 
 RESTART_LINE = (
-    r"^ERROR greentask: pipeline: task 'enricher' failed in execute: "
+    r"^ERROR greentask: tree: task 'pipeline/enricher' failed in execute: "
     r"ConnectionError\('lookup of item (\d+) failed: connection reset'\); "
     r"restart {k} of at most 5 within 30\.0s in {delay}s$"
 )
