@@ -64,11 +64,15 @@ _STATE_MESSAGES = {
 
 
 class _Watch:
-    """A set of execute records the shutdown waits for; its event is set once all finished."""
+    """Execute records the shutdown waits for; its event is set once all finished.
+
+    ``remaining`` None means every record still running (``_running``): the whole-manager
+    stop builds no per-task set.
+    """
 
     __slots__ = ("event", "remaining")
 
-    def __init__(self, remaining: set[_Record], event: Event) -> None:
+    def __init__(self, remaining: set[_Record] | None, event: Event) -> None:
         self.remaining = remaining
         self.event = event
 

@@ -21,6 +21,7 @@ the initialize or cleanup running at that moment.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -182,7 +183,7 @@ class _Shutdown(_Stages, _ManagerCore):
     def _stop_executes(self) -> None:
         """Phase 3: every execute has finished (or was abandoned) when this returns."""
         if self._stop_order is StopOrder.TOGETHER:
-            self._reap(list(self._running), self._now())
+            self._reap(None, self._now())
             return
         # REVERSE: execute tasks first, all at once (cancelled by the hook) ...
         self._reap([r for r in self._running if r.kind == "execute"], self._now())
@@ -214,31 +215,46 @@ class _Shutdown(_Stages, _ManagerCore):
         self._cancel_run(StopReason("stop", None, None), None)
         self._force_stages()
 
-    def _reap(self, records: list[_Record], cancelled_at: float) -> None:
-        """Wait for these executes; kill each at its stop_timeout; abandon the undying."""
+    def _reap(self, records: list[_Record] | None, cancelled_at: float) -> None:
+        """Wait for these executes (None: every one running); kill each at its
+        stop_timeout; abandon the undying."""
         running = self._running
-        watch = _Watch({r for r in records if r in running}, Event())
-        if not watch.remaining:
-            return
+        if records is None:
+            watch = _Watch(None, Event())  # "until nothing runs": no per-task set to build
+            if not running:
+                return
+        else:
+            watch = _Watch({r for r in records if r in running}, Event())
+            if not watch.remaining:
+                return
         self._watches.append(watch)
         try:
             self._reap_watch(watch, cancelled_at)
         finally:
             self._watches.remove(watch)
 
+    def _alive(self, watch: _Watch) -> Collection[_Record]:
+        return self._running if watch.remaining is None else watch.remaining
+
     def _reap_watch(self, watch: _Watch, cancelled_at: float) -> None:
-        buckets: dict[float, list[_Record]] = {}
-        for record in watch.remaining:
-            timeout = self._timeout_for(record)
-            if timeout is not None:
-                buckets.setdefault(timeout, []).append(record)
-        kills = sorted(buckets.items())  # [(timeout, records)], earliest deadline first
+        # Kill plan: the manager's stop_timeout for the tasks without their own (found
+        # when it is due, no per-task list), and one bucket per task-level stop_timeout.
+        default = self._stop_timeout
+        buckets: dict[float, list[_Record] | None] = {} if default is None else {default: None}
+        for record in self._alive(watch):
+            own = record.stop_timeout
+            if own is not None:
+                bucket = buckets.get(own)
+                if bucket is None:
+                    buckets[own] = bucket = []
+                bucket.append(record)
+        kills = sorted(buckets.items(), key=lambda item: item[0])  # earliest deadline first
         graces: list[tuple[float, float, list[_Record], str]] = []  # (deadline, grace, records, when)
         forced_done = False
-        while watch.remaining:
+        while self._alive(watch):
             if self._forced.is_set() and not forced_done:
                 forced_done = True
-                victims = [r for r in watch.remaining if r.killed is None]
+                victims = [r for r in self._alive(watch) if r.killed is None]
                 message = "was still running when shutdown was forced"
                 grace = self._kill(victims, message)
                 graces.append((self._now() + grace, grace, victims, "when shutdown was forced"))
@@ -248,12 +264,16 @@ class _Shutdown(_Stages, _ManagerCore):
             deadlines += [g[0] for g in graces]
             deadline = min(deadlines) if deadlines else None
             self._wait_watch(watch, deadline, honour_force=not forced_done)
-            if not watch.remaining:
+            alive = self._alive(watch)
+            if not alive:
                 return
             now = self._now()
             while kills and cancelled_at + kills[0][0] <= now:
                 timeout, bucket = kills.pop(0)
-                victims = [r for r in bucket if r in watch.remaining and r.killed is None]
+                if bucket is None:  # the manager's default
+                    victims = [r for r in alive if r.stop_timeout is None and r.killed is None]
+                else:
+                    victims = [r for r in bucket if r in alive and r.killed is None]
                 if victims:
                     self._kill(victims, f"did not stop within {timeout}s of cancellation")
                     graces.append((self._now() + timeout, timeout, victims, f"within {timeout}s of cancellation"))
@@ -261,7 +281,7 @@ class _Shutdown(_Stages, _ManagerCore):
                 graces.remove(entry)
                 _, grace, victims, when = entry
                 for record in victims:
-                    if record in watch.remaining:
+                    if record in self._alive(watch):
                         self._abandon(record, grace, when)
 
     def _kill(self, victims: list[_Record], message: str) -> float:
@@ -304,7 +324,10 @@ class _Shutdown(_Stages, _ManagerCore):
         """An execute greenlet finished (or was abandoned): tell the watches waiting for it."""
         for watch in self._watches:
             remaining = watch.remaining
-            if record in remaining:
+            if remaining is None:
+                if not self._running:
+                    watch.event.set()
+            elif record in remaining:
                 remaining.discard(record)
                 if not remaining:
                     watch.event.set()
