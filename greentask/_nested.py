@@ -168,7 +168,7 @@ class _Nested(_Supervisor):
         self._records = {r.seq: r for r in (*order, *queued)}
         self._task_ids = {id(r.task) for r in order}
         for record in (*order, *queued):
-            _fresh(record)
+            record.reset()
         self._reset()
 
     # -- views over the tree ------------------------------------------------------------
@@ -213,26 +213,3 @@ def _prefixed_tree(prefix: str, child: _Nested) -> list[tuple[str, Any]]:
     for sub_prefix, grandchild in child._children():
         rows.extend((f"{prefix}/{path}", m) for path, m in _prefixed_tree(sub_prefix, grandchild))
     return rows
-
-
-def _fresh(record: _Record) -> None:
-    """Reset a record for a subtree restart (same handle, fresh run)."""
-    record.state = record.state.__class__.PENDING
-    record.error = None
-    record.first_error = None
-    record.started_at = None
-    record.stopped_at = None
-    record.greenlet = None
-    record.ctx = None
-    record.cancel = None
-    record.stop_deadline = None
-    record.killed = None
-    record.abandoned = False
-    record.initialized = False
-    record.stop_requested = False
-    record.stop_counted = False
-    record.never = False
-    record.restart_pending = False
-    record.intensity = None
-    record.backoff = None
-    record.restarts = 0

@@ -91,6 +91,13 @@ class _Record:
         self.owner = owner  # the manager's name
         self.stop_timeout = stop_timeout
         self.restart = restart
+        self.done_event: Event | None = None
+        self.running_event: Event | None = None
+        self.seq = 0  # key in TaskManager._records
+        self.reset()
+
+    def reset(self) -> None:
+        """The per-run fields, fresh (also a subtree restart's: same handle, fresh run)."""
         self.intensity: _Intensity | None = None
         self.backoff: Backoff | None = None
         self.restarts = 0
@@ -110,9 +117,6 @@ class _Record:
         self.stop_requested = False  # handle.stop() took effect: no policy, leaves the order
         self.stop_counted = False  # a STOP_GROUP task counted towards its group
         self.never = False  # will never be initialized / started (done while PENDING)
-        self.done_event: Event | None = None
-        self.running_event: Event | None = None
-        self.seq = 0  # key in TaskManager._records
 
     @property
     def label(self) -> str:
