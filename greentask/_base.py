@@ -233,7 +233,8 @@ class _ManagerCore:
             manager = manager._parent_manager
         return manager._name, path
 
-    def _describe_reason(self) -> str:
+    def _stop_description(self) -> str:
+        """Why the manager is stopping, as its log line says it, or "" if it is not."""
         reason = self._stop_reason
         return "" if reason is None else describe(reason, self._stop_stage)
 

@@ -51,7 +51,7 @@ class _Shutdown(_Stages, _ManagerCore):
             self._stop_reason = StopReason("context", None, ctx.cause if ctx.cause is not ctx.err else None)
         if self._phase is _Phase.EXECUTING:
             self._phase = _Phase.STOPPING
-        logger.info("%s: shutting down: %s", self._name, self._describe_reason())
+        logger.info("%s: shutting down: %s", self._name, self._stop_description())
         # Mark what is being stopped now (TOGETHER: every task; REVERSE: the execute
         # tasks) STOPPING with its stop deadline, before any task is woken: the wake-ups
         # are hub callbacks that run after this hook.

@@ -356,7 +356,7 @@ class _Supervisor(_Shutdown):
             self._start(record)
             return
         if outcome is _Outcome.FAILED and not self._restart_cancelled(record):
-            if record.restart is not None and self._phase_allows_restart():
+            if record.restart is not None:
                 self._restart_or_give_up(record, errors[0], Stage.INITIALIZE)
                 return
             record.restart_pending = False
@@ -374,6 +374,3 @@ class _Supervisor(_Shutdown):
         if record.stop_requested:
             self._cleanup_one(record)  # leaves the order; the manager's cleanup skips it
         record.changed()
-
-    def _phase_allows_restart(self) -> bool:
-        return not self._run_cancelled()

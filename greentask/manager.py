@@ -52,7 +52,6 @@ from ._base import (
 )
 from ._checks import _is_async, check_stage, check_task_object
 from ._nested import _Nested
-from ._policy import describe
 from ._record import _Record
 from ._supervisor import _Outcome
 from ._types import ExecuteTask, ExecuteTaskType, StopOrder, Task, TaskType
@@ -810,11 +809,6 @@ class TaskManager(_Nested):
         return reached()
 
     # -- internal views for the runner, HealthServer and metrics -------------------
-
-    def _stop_description(self) -> str:
-        """Why the manager is stopping, as its log line says it, or "" if it is not."""
-        reason = self._stop_reason
-        return "" if reason is None else describe(reason, self._stop_stage)
 
     def __repr__(self) -> str:
         return f"<TaskManager {self._name!r} {self._phase.value} tasks={len(self._records)}>"
