@@ -360,6 +360,10 @@ def test_a_second_signal_during_startup_kills_the_initialize_and_exits_1(
     assert status["a"].error is None
     error_records = [r for r in caplog.records if r.levelno == logging.ERROR and r.exc_info]
     assert any(isinstance(r.exc_info[1], StopTimeout) for r in error_records if r.exc_info)
+    # The log never claims to kill what it does not kill: no execute was running.
+    forcing = [r.getMessage() for r in caplog.records if "forcing shutdown" in r.getMessage()]
+    assert forcing
+    assert all("executing" not in m for m in forcing), forcing
     assert python_handler == []
 
 
