@@ -367,7 +367,8 @@ def test_idle_connections_close_at_once_while_a_running_request_is_waited_for(ws
             cancel()
             assert all(client.closed_by_server() for client in idle)  # while /slow still runs
             assert not runner.dead
-            assert len(task.server.pool) == 1
+            # a handler leaves the pool in a link callback, just after its client saw EOF
+            eventually(lambda: len(task.server.pool) == 1)
             app.release.set()
             assert busy.response()[::2] == (200, b"slow done")
             assert busy.closed_by_server()
