@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
 import time
 from typing import Any
@@ -70,6 +71,33 @@ DEFAULT_NAME = "gunicorn worker"
 
 #: The signals that stop a worker: gracefully (SIGTERM) or quickly (SIGINT, SIGQUIT).
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
+def _queued_since_fork(handlers: list[Any]) -> list[signal.Signals]:
+    """The stop signals that gunicorn's arbiter handlers queued in this (forked) process.
+
+    gunicorn's ``Arbiter.signal`` only puts the signal in ``SIG_QUEUE``; in a worker
+    between the fork and its own handlers, nothing ever reads that copy. A signal the
+    arbiter had queued before the fork is found too: the arbiter then sends its
+    workers the same signal, which a stopping worker takes again harmlessly.
+    """
+    queues: list[Any] = []
+    for handler in handlers:
+        sig_queue = getattr(getattr(handler, "__self__", None), "SIG_QUEUE", None)
+        if sig_queue is not None and not any(sig_queue is q for q in queues):
+            queues.append(sig_queue)
+    queued: list[object] = []
+    for sig_queue in queues:
+        if isinstance(sig_queue, list):  # gunicorn before 24
+            queued += sig_queue
+            sig_queue.clear()
+            continue
+        while True:
+            try:
+                queued.append(sig_queue.get_nowait())
+            except queue.Empty:
+                break
+    return [signal.Signals(sig) for sig in queued if sig in _STOP_SIGNALS]
 
 
 class WorkerShutdown(Exception):
@@ -220,10 +248,13 @@ class Worker(GeventWorker):  # type: ignore[misc]
         From the fork until `init_signals`, a worker still has the arbiter's signal
         handlers, which would swallow a SIGTERM (the arbiter then waits for
         ``graceful_timeout`` and kills the worker). Such a signal is kept and acted
-        on once the worker's own handlers are in place.
+        on once the worker's own handlers are in place: from here on by a handler of
+        the worker's, and before (between the fork and this call: gunicorn's
+        ``post_fork`` hook runs there) it is found in this process's copy of the
+        arbiter's signal queue, where the arbiter's handler put it.
         """
-        for sig in _STOP_SIGNALS:
-            signal.signal(sig, self._keep_early_signal)
+        previous = [signal.signal(sig, self._keep_early_signal) for sig in _STOP_SIGNALS]
+        self._early_signals.extend(_queued_since_fork(previous))
         super().init_process()
 
     def _keep_early_signal(self, sig: int, frame: Any) -> None:

@@ -426,6 +426,36 @@ def test_a_graceful_stop_that_overruns_graceful_timeout_is_forced(tmp_path: Path
     assert server.proc.finish() == 0, server.proc.output()
 
 
+#: A SIGTERM that reaches the first worker between the fork and its init_process: while
+#: it still has the arbiter's signal handlers (gunicorn runs post_fork there).
+SIGTERM_IN_POST_FORK = (
+    CONFIG
+    + r"""
+import os, signal
+
+def post_fork(server, worker):
+    if worker.age == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+"""
+)
+
+
+def test_a_sigterm_between_the_fork_and_the_workers_handlers_is_not_lost(tmp_path: Path) -> None:
+    config = tmp_path / "gunicorn_conf.py"
+    config.write_text(SIGTERM_IN_POST_FORK)
+    args = [GUNICORN, "-k", WORKER, "-w", "1", "-b", "127.0.0.1:0", "--no-control-socket", "-c", str(config)]
+    args += ["--pythonpath", str(TESTS), "-e", "GREENTASK_MANAGER=_gunicorn_app:manager", "_gunicorn_app:app"]
+    proc = Proc(args, tmp_path)
+    first = int(proc.expect(r"Booting worker with pid: (\d+)")[1])
+    # Taken as a stop during boot (before the fix it was swallowed and the worker served on).
+    proc.expect(rf"\[{first}\] \[INFO\] greentask: received SIGTERM, shutting down gracefully")
+    exiting = proc.expect(rf"Worker exiting \(pid: {first}\)")
+    second = int(proc.expect(r"Booting worker with pid: (\d+)", after=proc.lines.index(exiting.string) + 1)[1])
+    proc.expect(rf"^gtapp: {second} booted$")
+    proc.signal(signal.SIGTERM)
+    assert proc.finish() == 0, proc.output()
+
+
 # -- the example ----------------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ without OS signals: the signal handlers are called directly.
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import socket
 from collections.abc import Callable, Iterator
@@ -26,7 +27,7 @@ pytest.importorskip("gunicorn")
 
 from gunicorn.config import Config
 
-from greentask.gunicorn import WORKER_BOOT_ERROR, Worker, WorkerShutdown, _one_line, _where
+from greentask.gunicorn import WORKER_BOOT_ERROR, Worker, WorkerShutdown, _one_line, _queued_since_fork, _where
 
 
 class FakeLog:
@@ -465,3 +466,29 @@ def test_closing_the_listener_serves_the_connections_already_queued() -> None:
     assert all(answer.startswith(b"HTTP/1.1 200 OK") for answer in answers), answers
     # gunicorn's own server would have reset them (what the override is for).
     assert not any(answer.startswith(b"HTTP/1.1 200") for answer in queued_answers(PyWSGIServer)), "no control"
+
+
+class _Arbiter:
+    """What a forked worker inherits: the arbiter's handler and its signal queue."""
+
+    def __init__(self, sig_queue: Any) -> None:
+        self.SIG_QUEUE = sig_queue
+
+    def signal(self, sig: int, frame: Any) -> None:  # gunicorn's Arbiter.signal
+        raise AssertionError("not called here")
+
+
+@pytest.mark.parametrize("kind", ["SimpleQueue", "list"])
+def test_stop_signals_queued_by_the_arbiters_handler_after_the_fork_are_recovered(kind: str) -> None:
+    queued = [signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT]
+    if kind == "list":  # gunicorn before 24
+        sig_queue: Any = list(queued)
+    else:
+        sig_queue = queue.SimpleQueue()
+        for sig in queued:
+            sig_queue.put_nowait(sig)
+    arbiter = _Arbiter(sig_queue)
+    handlers = [arbiter.signal, arbiter.signal, signal.SIG_DFL]  # one queue, read once
+    assert _queued_since_fork(handlers) == [signal.SIGTERM, signal.SIGQUIT]
+    assert _queued_since_fork(handlers) == []  # drained
+    assert _queued_since_fork([signal.SIG_DFL, None, print]) == []
