@@ -86,7 +86,7 @@ def _queued_since_fork(handlers: list[Any]) -> list[signal.Signals]:
         sig_queue = getattr(getattr(handler, "__self__", None), "SIG_QUEUE", None)
         if sig_queue is not None and not any(sig_queue is q for q in queues):
             queues.append(sig_queue)
-    queued: list[object] = []
+    queued: list[Any] = []
     for sig_queue in queues:
         if isinstance(sig_queue, list):  # gunicorn before 24
             queued += sig_queue
