@@ -28,7 +28,7 @@ import gevent
 from greenlet import GreenletExit
 
 from . import _base
-from ._base import _SubtreeFailed
+from ._base import _Phase, _SubtreeFailed
 from ._policy import POLICIES, UNEXPECTED_STOP, safe_repr
 from ._record import _Record
 from ._shutdown import _Shutdown
@@ -100,7 +100,12 @@ class _Supervisor(_Shutdown):
     # -- judging an outcome ---------------------------------------------------------
 
     def _finished(self, record: _Record, exc: BaseException | None, ctx: Any) -> None:
-        if record.abandoned:  # run() has already returned without it
+        if record.abandoned:
+            # Its StopTimeout is recorded; what it raises while run() has not returned
+            # yet is recorded too (SPEC §9), after that nothing is.
+            if exc is not None and not isinstance(exc, GreenletExit) and self._phase is not _Phase.DONE:
+                self._record_error(record, exc, Stage.EXECUTE)
+                self._emit("failed", record.name, exc)
             return
         record.stopped_at = self._now()
         del self._running[record]

@@ -186,6 +186,44 @@ def test_a_task_that_refuses_to_die_is_abandoned_after_a_second_stop_timeout(clo
     assert [s.error for s in manager.status()] == [errors[0].error]
 
 
+@pytest.mark.parametrize("how", ["manager", "handle"])
+def test_what_an_abandoned_task_raises_before_run_returns_is_recorded(clock: FakeClock, how: str) -> None:
+    """SPEC §9: "anything the task raises before run returns is recorded", abandoned or not."""
+    dying, slow_cleanup = Event(), Event()
+
+    def refuses_then_raises(ctx: gt.Context) -> None:
+        try:
+            Event().wait()
+        except GreenletExit:
+            dying.wait()  # swallows the kill: abandoned after the grace period
+            raise ValueError("late") from None
+
+    manager = gt.TaskManager(stop_timeout=2)
+    manager.add_task("db", FakeTask(execute=lambda ctx: ctx.wait(), cleanup=lambda ctx: slow_cleanup.wait()))
+    handle = manager.add_task("a", FakeTask(execute=refuses_then_raises))
+    runner = start(manager, gt.background(clock))
+    if how == "handle":
+        handle.stop()
+    else:
+        manager.stop()
+    clock.advance(2)  # killed
+    clock.advance(2)  # abandoned
+    assert "abandoned" in str(handle.error)
+    if how == "handle":
+        manager.stop()
+    settle()
+    assert not runner.dead  # db's cleanup still runs
+    dying.set()
+    settle()
+    slow_cleanup.set()
+    errors = finish(runner)
+    assert [(e.task_name, e.stage, type(e.error).__name__) for e in errors] == [
+        ("a", E, "StopTimeout"),
+        ("a", E, "ValueError"),
+    ]
+    assert str(errors[1].error) == "late"
+
+
 def test_without_stop_timeout_run_waits_for_a_slow_task(clock: FakeClock) -> None:
     release = Event()
     manager = gt.TaskManager()
