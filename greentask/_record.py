@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from gevent.pool import Group
+
 from .errors import TaskState, TaskStatus
 
 if TYPE_CHECKING:
@@ -42,6 +44,7 @@ class _Record:
     __slots__ = (
         "abandoned",
         "backoff",
+        "callbacks",
         "cancel",
         "ctx",
         "done_event",
@@ -94,6 +97,7 @@ class _Record:
         self.done_event: Event | None = None
         self.running_event: Event | None = None
         self.seq = 0  # key in TaskManager._records
+        self.callbacks: Group | None = None  # its contexts' on_cancel callbacks running now
         self.reset()
 
     def reset(self) -> None:
@@ -117,6 +121,13 @@ class _Record:
         self.stop_requested = False  # handle.stop() took effect: no policy, leaves the order
         self.stop_counted = False  # a STOP_GROUP task counted towards its group
         self.never = False  # will never be initialized / started (done while PENDING)
+
+    def callback_started(self, greenlet: gevent.Greenlet[..., Any]) -> None:
+        """An ``on_cancel`` callback of one of its contexts started: its cleanup waits for it."""
+        group = self.callbacks
+        if group is None:
+            self.callbacks = group = Group()
+        group.add(greenlet)
 
     @property
     def label(self) -> str:

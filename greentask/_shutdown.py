@@ -15,11 +15,13 @@ was cancelled), and abandons any that still refuse to die after another
   that task's cleanup.
 
 The forced stop (`gt.run`'s second signal) makes every ``_reap`` kill at once, and kills
-the initialize or cleanup running at that moment.
+the initialize or cleanup running at that moment and the ``on_cancel`` callbacks that
+shutdown waits for (`_await_callbacks`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
@@ -164,6 +166,14 @@ class _Shutdown(_Stages, _ManagerCore):
 
     def _cleanup_one(self, record: _Record) -> None:
         """Run one task's cleanup (bounded by cleanup_timeout); it is owed no other."""
+        if record.stop_requested:
+            # Stopped alone: its contexts' on_cancel callbacks first, as the manager's
+            # cleanup phase waits for all of them (SPEC §15).
+            self._callbacks_started()
+            if record.callbacks is not None:
+                self._await_callbacks(
+                    record.callbacks, self._timeout_for(record), f"{self._name}: task {record.name!r}"
+                )
         record.initialized = False
         record.state = TaskState.CLEANING_UP
         self._emit("cleaning_up", record.name, None)
@@ -177,6 +187,48 @@ class _Shutdown(_Stages, _ManagerCore):
             self._emit("failed", record.name, errors[0])
         record.state = TaskState.DONE
         self._emit("cleaned_up", record.name, None)
+
+    # -- on_cancel callbacks (SPEC §15) -------------------------------------------------
+
+    def _callbacks_started(self) -> None:
+        """Return once the on_cancel callbacks of the cancellations so far have started
+        (a cancellation starts them from hub callbacks, which run in order)."""
+        started = Event()
+        self._hub.loop.run_callback(started.set)
+        with contextlib.suppress(BaseException):
+            started.wait()
+
+    def _await_callbacks(self, group: Any, timeout: float | None, whose: str) -> None:
+        """Wait for these on_cancel callbacks up to ``timeout`` (None: no limit) or a forced
+        stop; kill those still running then, with an ERROR line."""
+        if not len(group):
+            return
+        joiner = gevent.spawn(group.join)
+        waits: list[Any] = [joiner, self._forced]
+        cancel = None
+        if timeout is not None:
+            timer_ctx, cancel = with_deadline(background(self._clock), self._now() + timeout)
+            waits.append(timer_ctx)
+        interrupted = False
+        try:
+            gevent.wait(waits, count=1)
+        except BaseException as exc:  # noqa: BLE001 - an interruption: stop waiting for them
+            self._keep_fatal(exc)
+            interrupted = True
+        finally:
+            if cancel is not None:
+                cancel()
+        left = len(group)
+        if left:
+            if self._forced.is_set():
+                when = "when the shutdown was forced"
+            elif interrupted:
+                when = "when the wait for them was interrupted"
+            else:
+                when = f"after waiting stop_timeout ({timeout}s) for them"
+            logger.error("%s: %d on_cancel callback(s) still running %s; killed", whose, left, when)
+            group.kill(block=True, timeout=1.0)
+        joiner.kill(block=True, timeout=1.0)
 
     # -- the manager's stop ---------------------------------------------------------
 
@@ -208,8 +260,9 @@ class _Shutdown(_Stages, _ManagerCore):
     def _force(self) -> None:
         """Force the stop (gt.run's second signal): kill what runs now, at once.
 
-        Executes still running are killed (each a `StopTimeout`), as is the initialize
-        or cleanup running at this moment; cleanup still runs for the others.
+        Executes still running are killed (each a `StopTimeout`), as are the initialize
+        or cleanup running at this moment and the on_cancel callbacks being waited for;
+        cleanup still runs for the others.
         """
         self._forced.set()
         self._cancel_run(StopReason("stop", None, None), None)

@@ -269,18 +269,21 @@ def _call_logged(fn: Callable[[], object]) -> None:
 
 
 class _AfterFunc:
-    __slots__ = ("fn", "group")
+    __slots__ = ("fn", "group", "task")
 
-    def __init__(self, fn: Callable[[], object], group: Any = None) -> None:
+    def __init__(self, fn: Callable[[], object], group: Any = None, task: Any = None) -> None:
         self.fn = fn
         self.group = group  # a manager's Group: it waits for these before cleanup
+        self.task = task  # the manager's record of the task whose context this is
 
     def fire(self) -> None:
         group = self.group
         if group is None:
             gevent.spawn(_call_logged, self.fn)
-        else:
-            group.spawn(_call_logged, self.fn)
+            return
+        greenlet = group.spawn(_call_logged, self.fn)
+        if self.task is not None:
+            self.task.callback_started(greenlet)  # its cleanup waits for it too
 
 
 class CancelScope:
@@ -563,8 +566,7 @@ class Context:
         if not callable(fn):
             msg = f"fn must be callable, got {fn!r}"
             raise TypeError(msg)
-        owner = self.value(_RUN_KEY)
-        entry = _AfterFunc(fn, None if owner is None else owner.after_group)
+        entry = _after_func(self, fn)
         state = self._state
         if state is None:
             return _stopped
@@ -911,6 +913,23 @@ _TASK_KEY: Any = object()
 #: ``after_group``: the `on_cancel` callbacks of its contexts run in that group, so the
 #: manager can wait for them before cleanup).
 _RUN_KEY: Any = object()
+
+
+def _after_func(ctx: Context, fn: Callable[[], object]) -> _AfterFunc:
+    """An `on_cancel` entry, run in its manager's group and known to its task (if any).
+
+    One walk up the parents: the nearest task record below the nearest run context.
+    """
+    task = None
+    node: Context | None = ctx
+    while node is not None:
+        key = node._key
+        if key is _TASK_KEY and task is None:
+            task = node._value
+        elif key is _RUN_KEY:
+            return _AfterFunc(fn, node._value.after_group, task)
+        node = node._parent
+    return _AfterFunc(fn)
 
 
 def _task_context(parent: Context, info: object, *, linked: bool, key: Any = _TASK_KEY) -> tuple[Context, CancelFunc]:

@@ -616,38 +616,8 @@ class TaskManager(_Nested):
 
     def _wait_on_cancel_callbacks(self) -> None:
         """on_cancel callbacks of the manager's contexts run before cleanup (SPEC §15)."""
-        queued = Event()  # they are started by hub callbacks queued at cancellation
-        self._hub.loop.run_callback(queued.set)
-        with contextlib.suppress(BaseException):
-            queued.wait()
-        group = self._after_group
-        if not len(group):
-            return
-        joiner = gevent.spawn(group.join)
-        timeout = self._stop_timeout
-        cancel = None
-        waits: list[Any] = [joiner]
-        if timeout is not None:
-            timer_ctx, cancel = with_deadline(background(self._clock), self._now() + timeout)
-            waits.append(timer_ctx)
-        try:
-            gevent.wait(waits, count=1)
-        except BaseException as exc:  # noqa: BLE001 - an interruption: stop waiting for them
-            self._keep_fatal(exc)
-        finally:
-            if cancel is not None:
-                cancel()
-        if len(group):
-            from ._base import logger
-
-            logger.error(
-                "%s: %d on_cancel callback(s) still running %ss after cancellation; killed",
-                self._name,
-                len(group),
-                timeout,
-            )
-            group.kill(block=True, timeout=1.0)
-        joiner.kill(block=True, timeout=1.0)
+        self._callbacks_started()
+        self._await_callbacks(self._after_group, self._stop_timeout, self._name)
 
     def _cleanup_phase(self) -> None:
         self._phase = _Phase.CLEANING_UP

@@ -380,7 +380,8 @@ class _SignalWatch:
 
         Read from the manager's status and events: its executes still running (under
         ``REVERSE`` also those waiting for their turn) and the ``initialize`` /
-        ``cleanup`` running now. A nested manager's tasks are not listed: they end with
+        ``cleanup`` running now, and the ``on_cancel`` callbacks that shutdown waits for.
+        A nested manager's tasks are not listed: they end with
         the nested task that runs them. The log never claims to kill what is not there.
         """
         manager = self._manager
@@ -400,6 +401,9 @@ class _SignalWatch:
                 parts.append(f"{_plural(len(executing), 'task')} still executing: {_names(executing)}")
         for stage, names in (("initialize", self._progress.initializing), ("cleanup", self._progress.cleaning_up)):
             parts.extend(f"the {stage} of task {name!r}" for name in names if own(name))
+        callbacks = len(manager._after_group)
+        if callbacks:
+            parts.append(f"{_plural(callbacks, 'on_cancel callback')} still running")
         if not parts:
             return f"nothing is running that could be killed (manager {manager.phase})"
         return "killing " + " and ".join(parts)

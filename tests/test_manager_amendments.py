@@ -522,3 +522,97 @@ def test_an_on_cancel_callback_that_blocks_forever_is_killed_after_stop_timeout_
     assert stuck[0].dead
     errors_logged = [r for r in caplog.records if r.name == "greentask" and r.levelno == logging.ERROR]
     assert errors_logged, "the killed on_cancel callback was not logged at ERROR"
+
+
+def test_a_task_stopped_by_its_handle_is_cleaned_up_after_its_on_cancel_callbacks() -> None:
+    log: list[str] = []
+    release = Event()
+
+    def callback() -> None:
+        release.wait()
+        log.append("callback finished")
+
+    def execute(ctx: gt.Context) -> None:
+        ctx.on_cancel(callback)
+        ctx.wait()
+
+    other = FakeTask.blocking()
+    manager = gt.TaskManager()
+    handle = manager.add_task("a", FakeTask(execute=execute, cleanup=lambda ctx: log.append("cleanup")))
+    manager.add_task("other", other)
+    runner = start(manager)
+    handle.stop()
+    settle()
+    assert handle.state is TaskState.STOPPED  # its execute returned; its cleanup waits
+    assert log == []
+    release.set()
+    with gevent.Timeout(5):
+        assert handle.wait()
+    assert log == ["callback finished", "cleanup"]
+    assert other.cleanup_call_count == 0  # nothing else was touched
+    manager.stop()
+    assert finish(runner) == []
+
+
+def test_a_hanging_on_cancel_callback_of_a_stopped_task_is_killed_after_its_stop_timeout(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="greentask")
+    stuck: list[Any] = []
+
+    def blocks_forever() -> None:
+        stuck.append(gevent.getcurrent())
+        Event().wait()
+
+    def execute(ctx: gt.Context) -> None:
+        ctx.on_cancel(blocks_forever)
+        ctx.wait()
+
+    task = FakeTask(execute=execute)
+    manager = gt.TaskManager(name="web", stop_timeout=30)
+    handle = manager.add_task("a", task, stop_timeout=2)
+    runner = start(manager, gt.background(clock))
+    handle.stop()
+    settle()
+    clock.advance(1.75)
+    assert task.cleanup_call_count == 0
+    clock.advance(0.25)  # the task's own stop_timeout, not the manager's
+    with gevent.Timeout(5):
+        assert handle.wait()
+    assert task.cleanup_call_count == 1
+    assert stuck[0].dead
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == [
+        "web: task 'a': 1 on_cancel callback(s) still running after waiting stop_timeout (2.0s) for them; killed"
+    ]
+    manager.stop()
+    assert finish(runner) == []
+
+
+def test_a_forced_stop_kills_the_on_cancel_callbacks_that_hold_the_shutdown(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Without stop_timeout only the forced stop (gt.run's second signal) can end them."""
+    caplog.set_level(logging.INFO, logger="greentask")
+    stuck: list[Any] = []
+
+    def blocks_forever() -> None:
+        stuck.append(gevent.getcurrent())
+        Event().wait()
+
+    task = FakeTask(initialize=lambda ctx: ctx.on_cancel(blocks_forever), execute=lambda ctx: ctx.wait())
+    manager = gt.TaskManager(name="web")
+    manager.add_task("a", task)
+    runner = start(manager)
+    manager.stop()
+    settle()
+    assert len(stuck) == 1
+    assert not runner.dead
+    assert task.cleanup_call_count == 0
+    manager._force()  # what gt.run's second signal calls
+    assert finish(runner) == []
+    assert stuck[0].dead
+    assert task.cleanup_call_count == 1
+    assert "web: 1 on_cancel callback(s) still running when the shutdown was forced; killed" in [
+        r.getMessage() for r in caplog.records if r.levelno == logging.ERROR
+    ]

@@ -881,3 +881,29 @@ def test_a_bad_watchdog_usec_is_ignored_with_a_warning(
     assert f"greentask: WATCHDOG_USEC={usec!r} is not a positive integer; not sending watchdog pings" in _messages(
         caplog
     )
+
+
+def test_a_second_signal_kills_an_on_cancel_callback_that_holds_the_shutdown(
+    caplog: pytest.LogCaptureFixture, python_handler: list[int]
+) -> None:
+    caplog.set_level(logging.INFO, logger="greentask")
+
+    def flush_to_a_dead_remote() -> None:
+        _kill_self()  # the second signal, once the shutdown waits for this callback
+        Event().wait()
+
+    def execute(ctx: gt.Context) -> None:
+        ctx.on_cancel(flush_to_a_dead_remote)
+        _kill_self()
+        ctx.wait()
+
+    task = FakeTask(execute=execute)
+    manager = gt.TaskManager()  # no stop_timeout: only the second signal can end this
+    manager.add_task("a", task)
+    with gevent.Timeout(10):
+        code = gt.run(manager, signals=SIG)
+    assert code == 0  # nothing a task did was recorded: the callback is logged, not an error
+    assert task.cleanup_call_count == 1
+    messages = _messages(caplog)
+    assert "received SIGUSR1 again, forcing shutdown: killing 1 on_cancel callback still running" in messages
+    assert "greentask: 1 on_cancel callback(s) still running when the shutdown was forced; killed" in messages
