@@ -92,10 +92,12 @@ def _import_module(name: str, target: str) -> object:
         if name == missing or name.startswith(missing + "."):
             msg = f"no module named {missing!r} (target {target!r})"
             raise ManagerLoadError(msg) from None
-        msg = f"importing module {name!r} failed: {exc!r}"
+        msg = f"importing module {name!r} failed: {_short_repr(exc)}"
         raise ManagerLoadError(msg) from exc
-    except Exception as exc:
-        msg = f"importing module {name!r} failed: {exc!r}"
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # e.g. a Cancelled or GreenletExit: still one line
+        msg = f"importing module {name!r} failed: {_short_repr(exc)}"
         raise ManagerLoadError(msg) from exc
 
 
@@ -148,7 +150,9 @@ def load_manager(target: str) -> TaskManager:
     else:
         try:
             result = obj()
-        except Exception as exc:
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # e.g. a Cancelled or GreenletExit: still one line
             msg = f"calling {target!r} failed: {_short_repr(exc)}"
             raise ManagerLoadError(msg) from exc
         if not isinstance(result, TaskManager):

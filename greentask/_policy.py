@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 from ._types import ExecuteTaskType, TaskType
 from .errors import Stage, StopReason, UnexpectedStop
+from .errors import _safe_repr as safe_repr
 
 __all__ = ["POLICIES", "UNEXPECTED_STOP", "Action", "describe", "policy", "safe_repr"]
 
@@ -57,21 +58,10 @@ POLICIES: dict[tuple[TaskType | ExecuteTaskType, bool], Action] = {
 }
 
 
-def safe_repr(obj: object) -> str:
-    """``repr(obj)``, or a placeholder when that raises (user exceptions can be broken)."""
-    try:
-        return repr(obj)
-    except BaseException:  # noqa: BLE001 - a broken __repr__ must not break the manager
-        return f"<{type(obj).__name__} object (repr() failed)>"
-
-
 def describe(reason: StopReason, stage: Stage) -> str:
     """The shutdown line's reason: ``task 'db' failed in execute: ConnectionError(...)``."""
     if reason.kind == "policy" and reason.task_name is not None and reason.error is not None:
         if isinstance(reason.error, UnexpectedStop):
             return f"task {reason.task_name!r} stopped unexpectedly in {stage.value}"
         return f"task {reason.task_name!r} failed in {stage.value}: {safe_repr(reason.error)}"
-    try:
-        return str(reason)
-    except BaseException:  # noqa: BLE001 - the cause's repr raised
-        return f"{reason.kind}: {safe_repr(reason.error)}"
+    return str(reason)

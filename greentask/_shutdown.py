@@ -164,8 +164,12 @@ class _Shutdown(_Stages, _ManagerCore):
         self._cleanup_one(record)
         record.changed()
 
-    def _cleanup_one(self, record: _Record) -> None:
-        """Run one task's cleanup (bounded by cleanup_timeout); it is owed no other."""
+    def _cleanup_one(self, record: _Record, *, restarting: bool = False) -> None:
+        """Run one task's cleanup (bounded by cleanup_timeout); it is owed no other.
+
+        The task is DONE after it, unless ``restarting``: then it goes on from
+        CLEANING_UP to RESTARTING (SPEC §11), never DONE in between.
+        """
         if record.stop_requested:
             # Stopped alone: its contexts' on_cancel callbacks first, as the manager's
             # cleanup phase waits for all of them (SPEC §15).
@@ -185,7 +189,8 @@ class _Shutdown(_Stages, _ManagerCore):
             self._record_error(record, exc, Stage.CLEANUP)
         if errors:
             self._emit("failed", record.name, errors[0])
-        record.state = TaskState.DONE
+        if not restarting:
+            record.state = TaskState.DONE
         self._emit("cleaned_up", record.name, None)
 
     # -- on_cancel callbacks (SPEC §15) -------------------------------------------------

@@ -259,7 +259,7 @@ class _Supervisor(_Shutdown):
     def _restart_cycle(self, record: _Record, delay: float, failure: BaseException | None) -> None:
         """A manager greenlet: cleanup -> RESTARTING (wait) -> initialize/execute again."""
         if record.kind == "task" and record.initialized:
-            self._cleanup_one(record)
+            self._cleanup_one(record, restarting=True)
         if self._restart_cancelled(record):
             self._end_restart(record, failure)
             return

@@ -155,11 +155,7 @@ class NamedError:
             raise ValueError(msg)
 
     def __str__(self) -> str:
-        try:
-            text = repr(self.error)
-        except BaseException:  # noqa: BLE001 - a broken __repr__ must not break logging
-            text = f"<{type(self.error).__name__} object (repr() failed)>"
-        return f"{self.stage.value}: task {self.task_name!r}: {text}"
+        return f"{self.stage.value}: task {self.task_name!r}: {_safe_repr(self.error)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,10 +216,18 @@ class StopReason:
                 return f"stop group completed (last: task {self.task_name!r})"
             if isinstance(self.error, UnexpectedStop):
                 return f"task {self.task_name!r} stopped unexpectedly"
-            return f"task {self.task_name!r} failed: {self.error!r}"
+            return f"task {self.task_name!r} failed: {_safe_repr(self.error)}"
         if self.kind == "stop":
-            return "stop() called" + (f": {self.error!r}" if self.error is not None else "")
-        return "run context cancelled" + (f": {self.error!r}" if self.error is not None else "")
+            return "stop() called" + (f": {_safe_repr(self.error)}" if self.error is not None else "")
+        return "run context cancelled" + (f": {_safe_repr(self.error)}" if self.error is not None else "")
+
+
+def _safe_repr(obj: object) -> str:
+    """``repr(obj)``, or a placeholder when that raises (user exceptions can be broken)."""
+    try:
+        return repr(obj)
+    except BaseException:  # noqa: BLE001 - a broken __repr__ must not break the manager
+        return f"<{type(obj).__name__} object (repr() failed)>"
 
 
 def errors_to_group(errors: Iterable[NamedError]) -> BaseExceptionGroup[BaseException] | None:

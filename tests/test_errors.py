@@ -259,3 +259,20 @@ def test_errors_to_group_rejects_a_single_named_error() -> None:
     error = named("a", Stage.EXECUTE, ValueError("x"))
     with pytest.raises(TypeError, match="errors must be an iterable of NamedError"):
         errors_to_group(error)  # type: ignore[arg-type]
+
+
+class _BrokenRepr(Exception):
+    def __repr__(self) -> str:
+        raise RuntimeError("repr boom")
+
+
+@pytest.mark.parametrize(
+    ("reason", "text"),
+    [
+        (StopReason("policy", "db", _BrokenRepr()), "task 'db' failed: <_BrokenRepr object (repr() failed)>"),
+        (StopReason("stop", None, _BrokenRepr()), "stop() called: <_BrokenRepr object (repr() failed)>"),
+        (StopReason("context", None, _BrokenRepr()), "run context cancelled: <_BrokenRepr object (repr() failed)>"),
+    ],
+)
+def test_a_stop_reason_whose_error_has_a_broken_repr_still_prints(reason: StopReason, text: str) -> None:
+    assert str(reason) == text

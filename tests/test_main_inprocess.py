@@ -37,6 +37,22 @@ APP = textwrap.dedent(
 
     def build_raises():
         raise LookupError("no settings")
+
+    def build_checks_a_context():
+        ctx, cancel = gt.with_cancel(gt.background())
+        cancel()
+        ctx.check()  # raises Cancelled: a BaseException, not an Exception
+
+    def build_raises_greenlet_exit():
+        from greenlet import GreenletExit
+        raise GreenletExit
+
+    class Broken(BaseException):
+        def __repr__(self):
+            raise RuntimeError("repr boom")
+
+    def build_raises_broken():
+        raise Broken()
     """
 )
 
@@ -61,6 +77,9 @@ def test_a_factory_target_runs_the_manager_and_exits_0(app_module: str) -> None:
         ("{app}:missing_attr", "missing_attr"),
         ("{app}:not_a_manager", "not_a_manager"),
         ("{app}:build_nothing", "build_nothing"),
+        ("{app}:build_checks_a_context", "Cancelled('context cancelled')"),
+        ("{app}:build_raises_greenlet_exit", "GreenletExit()"),
+        ("{app}:build_raises_broken", "<Broken object (repr failed)>"),
     ],
 )
 def test_a_bad_target_is_one_line_on_stderr_and_exit_2(

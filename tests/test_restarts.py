@@ -542,6 +542,11 @@ def test_states_events_and_the_restart_count_of_a_task(fake_clock: FakeClock) ->
     # "failed" then "restarting" with the same error; the restart cleanup in between.
     kinds = events.kinds("db")
     assert kinds.index("failed") < kinds.index("cleaning_up") < kinds.index("restarting")
+    # CLEANING_UP -> RESTARTING, never DONE in between (not even at its "cleaned_up" event).
+    assert sampled("cleaning_up", "cleaned_up") == [
+        ("cleaning_up", None, (TaskState.CLEANING_UP, 0)),
+        ("cleaned_up", None, (TaskState.CLEANING_UP, 0)),
+    ]
     # During the wait.
     assert handle.state is TaskState.RESTARTING
     assert handle.restarts == 1

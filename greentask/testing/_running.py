@@ -14,13 +14,15 @@ import gevent
 from gevent.event import Event
 
 from ..context import Context
-from ..errors import ManagerEvent, ManagerStateError, NamedError
+from ..errors import ManagerEvent, ManagerStateError, NamedError, TaskState
 from ..manager import TaskManager
 from ._harness import DEFAULT_CLOSE_TIMEOUT, check_timeout
 
 __all__ = ["RunningManager", "start_manager"]
 
 logger = logging.getLogger("greentask")
+
+_FINISHED = (TaskState.DONE, TaskState.STOPPED, TaskState.FAILED)
 
 
 class RunningManager:
@@ -68,8 +70,9 @@ class RunningManager:
             self.manager.stop(cause)
         kind = event.kind
         if kind == "executing":
-            # Every task and queued execute task is about to be started.
-            self._expected = len(self.manager.status())
+            # Every task and queued execute task is about to be started, except those
+            # dropped by their handle's stop() (already finished).
+            self._expected = sum(1 for row in self.manager.status() if row.state not in _FINISHED)
         elif kind == "started":
             self._started += 1
         if self._expected is not None and self._started >= self._expected:
@@ -121,7 +124,8 @@ class RunningManager:
         """Wait until every execute has been started (the manager is fully running).
 
         "Started" means its greenlet has begun running the task's ``execute``: every
-        task from ``add_task`` and every execute task queued before the execute phase.
+        task from ``add_task`` and every execute task queued before the execute phase,
+        except those a handle's ``stop()`` dropped before they started.
 
         Args:
             timeout: the most *real* seconds to wait; None waits forever.

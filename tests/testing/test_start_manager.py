@@ -33,6 +33,23 @@ def test_wait_running_returns_once_every_execute_has_started():
     assert running.wait(timeout=5) == []
 
 
+@pytest.mark.parametrize("kind", ["task", "execute"])
+def test_wait_running_does_not_wait_for_a_task_dropped_by_its_handle(kind):
+    log = CallLog()
+    manager = _manager(log, "a")
+    if kind == "task":
+        handle = manager.add_task("dropped", FakeTask.blocking("dropped", log=log))
+    else:
+        handle = manager.add_execute_task("dropped", FakeExecuteTask.blocking("dropped", log=log))
+    handle.stop()  # before run: never initialized or executed
+    running = start_manager(manager)
+    running.wait_running(timeout=5)
+    assert log.stages("dropped") == []
+    assert handle.done
+    running.stop()
+    assert running.wait(timeout=5) == []
+
+
 def test_stop_then_wait_returns_no_errors_and_cleans_up_in_reverse():
     log = CallLog()
     manager = _manager(log, "a", "b")
