@@ -109,7 +109,9 @@ class TaskHandle:
         - While it executes: its context is cancelled (``ctx.cause`` is ``cause``); a
           return is a clean stop, a raise is recorded with no policy; after its
           ``stop_timeout`` it is killed (`StopTimeout`). A task from ``add_task`` is
-          then cleaned up at once, in a greenlet of the manager, and never again.
+          then cleaned up at once, in a greenlet of the manager, and never again,
+          once the ``on_cancel`` callbacks of its context have run (they too get its
+          ``stop_timeout``; one still running then is killed and logged).
         - Once it is done, or once the manager is shutting down: no effect.
         - Before `TaskManager.run`: the task is dropped from the run.
 
