@@ -44,6 +44,11 @@ AnyServer: TypeAlias = "BaseServer[*tuple[Any, ...]]"
 #: like the ``timeout=1`` of gevent's own ``BaseServer.stop``.
 KILL_GRACE = 1.0
 
+#: Real seconds a connection accepted just before the stop gets to send its first
+#: request (it is usually on its way: a client writes right after connecting) before
+#: it is closed like an idle keep-alive connection.
+FIRST_REQUEST_GRACE = 0.5
+
 
 def format_address(address: object) -> str:
     """``host:port`` (``[host]:port`` for IPv6) for a socket address, else its repr."""
@@ -207,14 +212,15 @@ class _Closing:
     def __init__(self) -> None:
         self.closing = False
         #: Handlers waiting for the next request line on their connection.
-        self.idle: set[WSGIHandler] = set()
+        self.idle: set[_KeepAliveHandler] = set()
 
     def begin(self) -> int:
         """Stop keep-alive: no handler reads another request; idle connections close now.
 
         A connection waiting for its next request has its pending read cancelled (the
         handler sees an error, ends and closes it), unless a request is already
-        arriving on it: that one is served, with ``Connection: close``.
+        arriving on it: that one is served, with ``Connection: close``. A connection
+        that has not sent its first request yet gets `FIRST_REQUEST_GRACE` (`await_first`).
 
         Returns:
             How many idle connections were closed.
@@ -225,10 +231,33 @@ class _Closing:
             sock = getattr(handler, "socket", None)
             if sock is None or _has_data(sock):
                 continue
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RD)  # gevent cancels the read waiting on it
+            if not handler._greentask_served:
+                self.await_first(handler)
+                continue
+            if _shut_read(sock):
                 closed += 1
         return closed
+
+    def await_first(self, handler: _KeepAliveHandler) -> None:
+        """Close ``handler``'s fresh connection after `FIRST_REQUEST_GRACE` unless its
+        first request has begun to arrive by then (a hub timer: nothing to clean up)."""
+        timer = gevent.get_hub().loop.timer(FIRST_REQUEST_GRACE)
+        timer.start(self._first_request_late, handler, timer)
+
+    def _first_request_late(self, handler: _KeepAliveHandler, timer: Any) -> None:
+        timer.close()
+        sock = getattr(handler, "socket", None)
+        if handler in self.idle and sock is not None and not _has_data(sock):
+            _shut_read(sock)
+
+
+def _shut_read(sock: Any) -> bool:
+    """End the read a handler waits in (gevent cancels it); False if the socket is gone."""
+    try:
+        sock.shutdown(socket.SHUT_RD)
+    except OSError:
+        return False
+    return True
 
 
 class _KeepAliveHandler(WSGIHandler):
@@ -243,6 +272,7 @@ class _KeepAliveHandler(WSGIHandler):
     _greentask_closing: ClassVar[_Closing]
     _greentask_base: ClassVar[type[WSGIHandler]]
     _greentask_close = False
+    _greentask_served = False  # a request was read on this connection: later waits are keep-alive
 
     @property
     def close_connection(self) -> bool:
@@ -255,7 +285,9 @@ class _KeepAliveHandler(WSGIHandler):
     def read_requestline(self) -> str:
         closing = self._greentask_closing
         if closing.closing and not _has_data(self.socket):
-            return ""  # accepted before the stop, but no request came: close it
+            if self._greentask_served:
+                return ""  # keep-alive, and no next request came: close it
+            closing.await_first(self)  # accepted as the stop began: its request may be on its way
         closing.idle.add(self)
         try:
             line: str = super().read_requestline()
@@ -263,6 +295,7 @@ class _KeepAliveHandler(WSGIHandler):
             closing.idle.discard(self)
         if closing.closing and not line.endswith("\n"):
             return ""  # cut short by the stop: not a request
+        self._greentask_served = True
         return line
 
     def finalize_headers(self) -> None:
@@ -327,8 +360,11 @@ class Server:
     HTTP keep-alive (``WSGIServer`` with a ``pywsgi.WSGIHandler`` handler class, the
     default): once the task stops accepting, connections waiting for their next
     request are closed at once; a request in flight completes, its response says
-    ``Connection: close`` and its connection is then closed. So idle keep-alive
-    clients never hold a shutdown, and no request that has arrived is dropped. (The
+    ``Connection: close`` and its connection is then closed. A connection accepted
+    just before the stop that has not sent its first request yet gets
+    `FIRST_REQUEST_GRACE` (0.5 s) for it (a client writes right after connecting, so
+    it is usually on its way), then is closed too. So idle keep-alive clients never
+    hold a shutdown, and no request that has arrived is dropped. (The
     server's ``handler_class`` is replaced by a subclass of it that does this.) With a
     ``StreamServer``, an open connection counts as in flight until its handler returns.
 

@@ -312,7 +312,9 @@ def test_fifty_idle_keepalive_connections_do_not_hold_the_shutdown(
             clients.append(fresh)
             eventually(lambda: len(task.server.pool) == 51)  # every connection accepted
             cancel()
-            runner.get()  # at once: no connection was running a request
+            # No connection was running a request: the keep-alive ones close at once, the
+            # fresh one after FIRST_REQUEST_GRACE (real time) without a request.
+            runner.get()
             assert all(client.closed_by_server() for client in clients)
         finally:
             for client in clients:
@@ -375,6 +377,32 @@ def test_idle_connections_close_at_once_while_a_running_request_is_waited_for(ws
         finally:
             for client in [*idle, busy]:
                 client.close()
+        runner.get()
+
+
+@pytest.mark.parametrize("accepted", ["before the stop", "as the stop begins"])
+def test_the_first_request_of_a_connection_accepted_around_the_stop_is_served(wsgi: WSGIServer, accepted: str) -> None:
+    """A client writes its request right after connecting; the server may have accepted the
+    connection (before, or in the accept loop's last round) before the request arrived."""
+    ctx, cancel = gt.with_cancel(gt.background(FakeClock()))
+    task = Server(wsgi, stop_timeout=30)
+    with gevent.Timeout(5):
+        runner = start(task, ctx)
+        client = KeepAliveClient(task.address)
+        try:
+            eventually(lambda: len(task.server.pool) == 1)  # accepted; no request yet
+            if accepted == "before the stop":
+                settle()  # its handler waits for the request line
+            cancel()
+            settle()
+            assert task.server.closed  # not accepting any more
+            assert not runner.dead  # ... but this connection gets its first request served
+            status, headers, body = client.request("/hello")
+            assert (status, body) == (200, b"hello")
+            assert headers["connection"] == "close"
+            assert client.closed_by_server()
+        finally:
+            client.close()
         runner.get()
 
 
