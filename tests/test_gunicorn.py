@@ -58,9 +58,10 @@ class Gunicorn:
         worker: str = WORKER,
         workers: int = 2,
         wait_booted: bool = True,
+        config_text: str = CONFIG,
     ) -> None:
         config = cwd / "gunicorn_conf.py"
-        config.write_text(CONFIG)
+        config.write_text(config_text)
         args = [GUNICORN, "-k", worker, "-w", str(workers), "-b", "127.0.0.1:0", "--no-control-socket"]
         args += ["--pythonpath", str(TESTS), "-c", str(config), *options]
         if manager is not None:
@@ -441,11 +442,7 @@ def post_fork(server, worker):
 
 
 def test_a_sigterm_between_the_fork_and_the_workers_handlers_is_not_lost(tmp_path: Path) -> None:
-    config = tmp_path / "gunicorn_conf.py"
-    config.write_text(SIGTERM_IN_POST_FORK)
-    args = [GUNICORN, "-k", WORKER, "-w", "1", "-b", "127.0.0.1:0", "--no-control-socket", "-c", str(config)]
-    args += ["--pythonpath", str(TESTS), "-e", "GREENTASK_MANAGER=_gunicorn_app:manager", "_gunicorn_app:app"]
-    proc = Proc(args, tmp_path)
+    proc = Gunicorn(tmp_path, workers=1, wait_booted=False, config_text=SIGTERM_IN_POST_FORK).proc
     first = int(proc.expect(r"Booting worker with pid: (\d+)")[1])
     # Taken as a stop during boot (before the fix it was swallowed and the worker served on).
     proc.expect(rf"\[{first}\] \[INFO\] greentask: received SIGTERM, shutting down gracefully")
